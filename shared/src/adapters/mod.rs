@@ -1,0 +1,9 @@
+//! Adapters: each real system behind its port, one module per adapter.
+
+pub mod memory_bus;
+#[cfg(feature = "local-embedder")]
+pub mod minilm;
+pub mod offline_extractor;
+#[cfg(feature = "qdrant-edge")]
+pub mod qdrant_edge;
+pub mod sqlite;

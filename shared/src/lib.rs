@@ -1,0 +1,32 @@
+//! recall: long-term memory for chat companions.
+//!
+//! A map of this crate, from the inside out:
+//!
+//! - [`domain`]: validated ids, messages, memories, batch records.
+//! - [`batching`]: the pure rules: is a pair due, which messages form a batch, batch and memory ids.
+//! - [`ports`]: one trait per external system (message store, memory store, extractor, embedder,
+//!   event bus); [`error`] is the error they all return.
+//! - [`pipeline`]: the batch engine: claim, extract, embed, upsert, flip, with retries.
+//! - [`context`]: ranking memories into a context block and an enhanced system prompt.
+//! - [`runtime`]: the worker loops (counting events, running batch jobs) and shutdown.
+//! - [`http`]: the axum router shared by the publisher and standalone mode.
+//! - [`adapters`]: the real systems behind the ports.
+//! - [`config`]: settings from flags and environment.
+//! - [`metrics`]: Prometheus metrics.
+//! - `testkit` (feature `testkit`): contract suites every adapter of a port must pass.
+
+pub mod adapters;
+pub mod batching;
+pub mod config;
+pub mod context;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod ports;
+pub mod runtime;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use error::{PortError, PortResult};

@@ -1,0 +1,793 @@
+//! The batch engine: plan -> claim -> extract -> save extraction -> embed -> upsert -> supersede ->
+//! flip. Every step is idempotent, so any failure leaves the messages unsynced and a later attempt
+//! (by this or any other worker) finishes the job without duplicates:
+//!
+//! - the batch id derives from the message ids, and the store admits one open batch per pair;
+//! - the extraction is saved on the batch before any vector write, so a retry reuses it;
+//! - memory ids are UUIDv5(batch id, index), so a second upsert overwrites the first;
+//! - messages flip to `sync: true` only after the memories are durable.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::batching::{BatchRules, batch_id, memory_id};
+use crate::domain::{BatchOutcome, Extraction, Memory, MessageId, Pair};
+use crate::error::{PortError, PortResult};
+use crate::metrics::Metrics;
+use crate::ports::{
+    BatchPlan, Claim, Embedder, ExtractionRequest, Extractor, MemoryPoint, MemoryStore,
+    MessageStore, SearchQuery,
+};
+
+/// Capped exponential backoff with jitter, for retryable [`PortError`]s only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts after the first call.
+    pub retries: usize,
+    /// First delay.
+    pub min_delay: Duration,
+    /// Longest delay (a `Retry-After` hint may ask for more).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Calls `op` until it succeeds, fails for good, or the retries are spent; counts each retry.
+    pub async fn run<T, F, Fut>(&self, metrics: &Metrics, dependency: &str, op: F) -> PortResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = PortResult<T>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries)
+            .with_jitter();
+        op.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(PortError::is_retryable)
+            .adjust(|e: &PortError, delay| delay.map(|d| e.retry_after().map_or(d, |r| r.max(d))))
+            .notify(|e: &PortError, delay| {
+                metrics.retries_total.with_label_values(&[dependency]).inc();
+                tracing::warn!(dependency, error = %e, ?delay, "retrying");
+            })
+            .await
+    }
+}
+
+/// Settings of the batch engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// When a pair is due and how big a batch is.
+    pub rules: BatchRules,
+    /// How long a claim is held before another worker may take over.
+    pub lease: Duration,
+    /// This worker's id, recorded on claims.
+    pub worker_id: String,
+    /// Retry policy for every dependency call.
+    pub retry: RetryPolicy,
+    /// How many existing memories are given to the extractor as context.
+    pub context_memories: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            rules: BatchRules::default(),
+            lease: Duration::from_secs(300),
+            worker_id: format!("worker-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            retry: RetryPolicy::default(),
+            context_memories: 20,
+        }
+    }
+}
+
+/// The systems the engine drives.
+#[derive(Clone)]
+pub struct Deps {
+    /// Where messages live.
+    pub messages: Arc<dyn MessageStore>,
+    /// Where memories live.
+    pub memories: Arc<dyn MemoryStore>,
+    /// Turns batches into memories.
+    pub extractor: Arc<dyn Extractor>,
+    /// Turns texts into vectors.
+    pub embedder: Arc<dyn Embedder>,
+    /// Where every count goes.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A stage of the batch pipeline, for errors, logs and the duration histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Listing and claiming.
+    Claim,
+    /// The extractor call and saving its result.
+    Extract,
+    /// Embedding the memories.
+    Embed,
+    /// Writing memories (and supersessions) to the memory store.
+    Upsert,
+    /// Flipping messages to synced.
+    Flip,
+}
+
+impl Stage {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Claim => "claim",
+            Stage::Extract => "extract",
+            Stage::Embed => "embed",
+            Stage::Upsert => "upsert",
+            Stage::Flip => "flip",
+        }
+    }
+}
+
+/// A batch that failed; its messages stay unsynced for a retry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("batch {batch_id} failed at {}: {source}", stage.as_str())]
+pub struct BatchError {
+    /// The batch (empty when planning failed).
+    pub batch_id: String,
+    /// Where it failed.
+    pub stage: Stage,
+    /// Why.
+    pub source: PortError,
+}
+
+/// A batch that completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReport {
+    /// The batch id.
+    pub batch_id: String,
+    /// Messages flipped to synced.
+    pub messages_synced: u64,
+    /// Memories written.
+    pub memories: usize,
+    /// Existing memories superseded.
+    pub superseded: usize,
+    /// Attempt number (1 = first try).
+    pub attempt: u32,
+    /// Whether the extraction came from an earlier attempt.
+    pub reused_extraction: bool,
+}
+
+/// What one call to [`Engine::run_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchResult {
+    /// The pair is not due.
+    NotDue,
+    /// Another worker holds the pair's open batch.
+    Busy,
+    /// A batch completed.
+    Completed(BatchReport),
+}
+
+/// Runs batches for pairs.
+#[derive(Clone)]
+pub struct Engine {
+    deps: Deps,
+    config: Arc<EngineConfig>,
+}
+
+/// What the planner found for a pair.
+enum Planned {
+    Batch(BatchPlan),
+    NotDue,
+    HeldElsewhere,
+}
+
+/// How often a plan may go stale (another worker moved first) before giving up for now.
+const MAX_REPLANS: usize = 3;
+
+impl Engine {
+    /// Builds an engine.
+    pub fn new(deps: Deps, config: EngineConfig) -> Self {
+        Self {
+            deps,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The systems the engine drives.
+    pub fn deps(&self) -> &Deps {
+        &self.deps
+    }
+
+    /// Runs batches for the pair until it is no longer due (or another worker holds it).
+    pub async fn run_until_idle(&self, pair: &Pair) -> Result<Vec<BatchReport>, BatchError> {
+        let mut done = Vec::new();
+        loop {
+            match self.run_once(pair).await? {
+                BatchResult::Completed(r) => done.push(r),
+                BatchResult::NotDue | BatchResult::Busy => return Ok(done),
+            }
+        }
+    }
+
+    /// Plans, claims and runs at most one batch of the pair.
+    pub async fn run_once(&self, pair: &Pair) -> Result<BatchResult, BatchError> {
+        let m = &self.deps.metrics;
+        let started = Instant::now();
+        for _ in 0..MAX_REPLANS {
+            let plan = match self.plan(pair).await? {
+                Planned::Batch(plan) => plan,
+                Planned::NotDue => return Ok(BatchResult::NotDue),
+                Planned::HeldElsewhere => {
+                    m.batches_total.with_label_values(&["busy"]).inc();
+                    return Ok(BatchResult::Busy);
+                }
+            };
+            let claim = self
+                .retry("message_store", || {
+                    self.deps.messages.claim_batch(
+                        pair,
+                        &plan,
+                        &self.config.worker_id,
+                        self.config.lease,
+                    )
+                })
+                .await
+                .map_err(|e| fail(&plan.batch_id, Stage::Claim, e))?;
+            match claim {
+                Claim::Acquired(claimed) => {
+                    m.batch_stage_seconds
+                        .with_label_values(&["claim"])
+                        .observe(started.elapsed().as_secs_f64());
+                    m.batches_in_flight.inc();
+                    let result = self.run_claimed(pair, &plan, claimed).await;
+                    m.batches_in_flight.dec();
+                    return self.finish(pair, &plan, result).await;
+                }
+                Claim::Held { .. } => {
+                    m.batches_total.with_label_values(&["busy"]).inc();
+                    return Ok(BatchResult::Busy);
+                }
+                Claim::Done | Claim::Stale => continue,
+            }
+        }
+        Ok(BatchResult::Busy)
+    }
+
+    /// The pair's open batch if there is one, else a new batch if the pair is due.
+    async fn plan(&self, pair: &Pair) -> Result<Planned, BatchError> {
+        let store = &self.deps.messages;
+        let claim_err = |e| fail("", Stage::Claim, e);
+        let open = self
+            .retry("message_store", || store.open_batch(pair))
+            .await
+            .map_err(claim_err)?;
+        if let Some(open) = open {
+            let live_elsewhere = open.claimed_by.as_deref() != Some(&self.config.worker_id)
+                && open.lease_until.is_some_and(|t| t > Utc::now());
+            if live_elsewhere {
+                return Ok(Planned::HeldElsewhere);
+            }
+            let messages = self
+                .retry("message_store", || store.get_messages(pair, &open.message_ids))
+                .await
+                .map_err(claim_err)?;
+            return Ok(Planned::Batch(BatchPlan {
+                batch_id: open.batch_id,
+                messages,
+            }));
+        }
+        let unsynced = self
+            .retry("message_store", || {
+                store.list_unsynced(pair, self.config.rules.max_messages)
+            })
+            .await
+            .map_err(claim_err)?;
+        Ok(match self.config.rules.select(&unsynced, Utc::now()) {
+            Some(batch) => Planned::Batch(BatchPlan {
+                batch_id: batch_id(batch),
+                messages: batch.to_vec(),
+            }),
+            None => Planned::NotDue,
+        })
+    }
+
+    async fn run_claimed(
+        &self,
+        pair: &Pair,
+        plan: &BatchPlan,
+        claimed: crate::ports::ClaimedBatch,
+    ) -> Result<BatchReport, BatchError> {
+        let d = &self.deps;
+        let cfg = &self.config;
+        let bid = plan.batch_id.as_str();
+        let mut outcome = BatchOutcome::default();
+        let mut timer = StageTimer::new(&d.metrics);
+
+        // Extract, or reuse the extraction an earlier attempt saved.
+        let reused = claimed.extraction.is_some();
+        let extraction = match claimed.extraction {
+            Some(e) => {
+                d.metrics.extractions_reused_total.inc();
+                e
+            }
+            None => {
+                let existing = self
+                    .relevant_memories(pair, plan)
+                    .await
+                    .map_err(|e| fail(bid, Stage::Extract, e))?;
+                let request = ExtractionRequest {
+                    pair,
+                    messages: &plan.messages,
+                    existing: &existing,
+                };
+                let raw = self
+                    .retry("extractor", || d.extractor.extract(request))
+                    .await
+                    .map_err(|e| fail(bid, Stage::Extract, e))?;
+                let clean = sanitize(raw, plan, &existing);
+                d.metrics
+                    .llm_tokens_total
+                    .with_label_values(&["prompt"])
+                    .inc_by(clean.usage.prompt_tokens);
+                d.metrics
+                    .llm_tokens_total
+                    .with_label_values(&["completion"])
+                    .inc_by(clean.usage.completion_tokens);
+                self.retry("message_store", || {
+                    d.messages.save_extraction(pair, bid, &cfg.worker_id, &clean)
+                })
+                .await
+                .map_err(|e| fail(bid, Stage::Extract, e))?;
+                clean
+            }
+        };
+        outcome.usage = extraction.usage;
+        timer.lap(Stage::Extract, &mut outcome);
+
+        // Memories with deterministic ids, dated by their newest source message.
+        let memories: Vec<Memory> = extraction
+            .memories
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let created_at = plan
+                    .messages
+                    .iter()
+                    .filter(|m| x.source_message_ids.iter().any(|s| s == m.id.as_str()))
+                    .map(|m| m.created_at)
+                    .max()
+                    .or_else(|| plan.messages.last().map(|m| m.created_at))
+                    .unwrap_or_else(Utc::now);
+                Memory {
+                    id: memory_id(bid, i),
+                    pair: pair.clone(),
+                    text: x.text.clone(),
+                    category: x.category,
+                    importance: x.importance,
+                    created_at,
+                    event_time: x.event_time,
+                    source_message_ids: x.source_message_ids.clone(),
+                    batch_id: bid.to_owned(),
+                    superseded_by: None,
+                }
+            })
+            .collect();
+
+        // One embedding call for the whole batch.
+        let vectors = if memories.is_empty() {
+            Vec::new()
+        } else {
+            let texts: Vec<String> = memories.iter().map(|m| m.text.clone()).collect();
+            let v = self
+                .retry("embedder", || d.embedder.embed(&texts))
+                .await
+                .map_err(|e| fail(bid, Stage::Embed, e))?;
+            if v.len() != texts.len() {
+                return Err(fail(
+                    bid,
+                    Stage::Embed,
+                    PortError::invalid_output("embedder", "vector count differs from text count"),
+                ));
+            }
+            v
+        };
+        timer.lap(Stage::Embed, &mut outcome);
+
+        // Durable memories first, then supersessions.
+        if !memories.is_empty() {
+            let points: Vec<MemoryPoint> = memories
+                .iter()
+                .cloned()
+                .zip(vectors)
+                .map(|(memory, vector)| MemoryPoint { memory, vector })
+                .collect();
+            self.retry("memory_store", || d.memories.upsert(&points))
+                .await
+                .map_err(|e| fail(bid, Stage::Upsert, e))?;
+        }
+        for (x, mem) in extraction.memories.iter().zip(&memories) {
+            if x.supersedes.is_empty() {
+                continue;
+            }
+            self.retry("memory_store", || {
+                d.memories.set_superseded(pair, &x.supersedes, mem.id)
+            })
+            .await
+            .map_err(|e| fail(bid, Stage::Upsert, e))?;
+            outcome.superseded_ids.extend(x.supersedes.iter().copied());
+        }
+        outcome.memory_ids = memories.iter().map(|m| m.id).collect();
+        timer.lap(Stage::Upsert, &mut outcome);
+
+        // Flip, and record provenance, in one store operation.
+        let ids: Vec<MessageId> = plan.messages.iter().map(|m| m.id.clone()).collect();
+        let flipped = self
+            .retry("message_store", || {
+                d.messages
+                    .complete_batch(pair, bid, &cfg.worker_id, &ids, &outcome)
+            })
+            .await
+            .map_err(|e| fail(bid, Stage::Flip, e))?;
+        timer.lap(Stage::Flip, &mut outcome);
+
+        d.metrics.memories_stored_total.inc_by(memories.len() as u64);
+        d.metrics
+            .memories_superseded_total
+            .inc_by(outcome.superseded_ids.len() as u64);
+        d.metrics.messages_synced_total.inc_by(flipped);
+        Ok(BatchReport {
+            batch_id: bid.to_owned(),
+            messages_synced: flipped,
+            memories: memories.len(),
+            superseded: outcome.superseded_ids.len(),
+            attempt: claimed.attempt,
+            reused_extraction: reused,
+        })
+    }
+
+    async fn finish(
+        &self,
+        pair: &Pair,
+        plan: &BatchPlan,
+        result: Result<BatchReport, BatchError>,
+    ) -> Result<BatchResult, BatchError> {
+        let m = &self.deps.metrics;
+        match result {
+            Ok(report) => {
+                m.batches_total.with_label_values(&["succeeded"]).inc();
+                m.last_batch_success_timestamp_seconds
+                    .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                tracing::info!(
+                    batch_id = %report.batch_id,
+                    pair = %pair.hash_hex(),
+                    attempt = report.attempt,
+                    messages = report.messages_synced,
+                    memories = report.memories,
+                    reused_extraction = report.reused_extraction,
+                    "batch completed"
+                );
+                Ok(BatchResult::Completed(report))
+            }
+            Err(e) if matches!(e.source, PortError::Conflict(_)) => {
+                // Our lease expired and another worker took over: it owns the batch now.
+                m.batches_total.with_label_values(&["lost_lease"]).inc();
+                tracing::warn!(batch_id = %plan.batch_id, error = %e, "lost the batch lease");
+                Ok(BatchResult::Busy)
+            }
+            Err(e) => {
+                m.batches_total.with_label_values(&["failed"]).inc();
+                tracing::warn!(
+                    batch_id = %plan.batch_id,
+                    pair = %pair.hash_hex(),
+                    stage = e.stage.as_str(),
+                    error = %e.source,
+                    "batch failed; its messages stay unsynced for a retry"
+                );
+                let reason = format!("{}: {}", e.stage.as_str(), e.source);
+                if let Err(release) = self
+                    .deps
+                    .messages
+                    .fail_batch(pair, &plan.batch_id, &self.config.worker_id, &reason)
+                    .await
+                {
+                    tracing::warn!(error = %release, "could not release the lease; it will expire");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The pair's current memories closest to what the batch's user said.
+    async fn relevant_memories(&self, pair: &Pair, plan: &BatchPlan) -> PortResult<Vec<Memory>> {
+        let d = &self.deps;
+        if self.config.context_memories == 0 {
+            return Ok(Vec::new());
+        }
+        let count = self
+            .retry("memory_store", || d.memories.count(pair, false))
+            .await?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let query: String = plan
+            .messages
+            .iter()
+            .filter(|m| m.role == crate::domain::Role::User)
+            .map(|m| m.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+            .chars()
+            .take(2000)
+            .collect();
+        let texts = vec![query];
+        let mut vectors = self.retry("embedder", || d.embedder.embed(&texts)).await?;
+        let Some(vector) = vectors.pop() else {
+            return Ok(Vec::new());
+        };
+        let q = SearchQuery {
+            pair: pair.clone(),
+            vector,
+            limit: self.config.context_memories,
+            score_threshold: None,
+            include_superseded: false,
+        };
+        let found = self.retry("memory_store", || d.memories.search(&q)).await?;
+        Ok(found.into_iter().map(|s| s.memory).collect())
+    }
+
+    async fn retry<T, F, Fut>(&self, dependency: &str, op: F) -> PortResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = PortResult<T>>,
+    {
+        self.config
+            .retry
+            .run(&self.deps.metrics, dependency, op)
+            .await
+    }
+}
+
+fn fail(batch_id: &str, stage: Stage, source: PortError) -> BatchError {
+    BatchError {
+        batch_id: batch_id.to_owned(),
+        stage,
+        source,
+    }
+}
+
+/// Keeps only what an extractor may legitimately return: non-empty text, importance in 1..=5,
+/// source ids from the batch, supersession of memories it was shown, no duplicate texts.
+fn sanitize(mut x: Extraction, plan: &BatchPlan, existing: &[Memory]) -> Extraction {
+    let batch_ids: HashSet<&str> = plan.messages.iter().map(|m| m.id.as_str()).collect();
+    let known: HashSet<Uuid> = existing.iter().map(|m| m.id).collect();
+    let mut seen = HashSet::new();
+    x.memories.retain_mut(|m| {
+        m.text = m.text.trim().to_owned();
+        m.importance = m.importance.clamp(1, 5);
+        m.source_message_ids.retain(|s| batch_ids.contains(s.as_str()));
+        m.supersedes.retain(|id| known.contains(id));
+        !m.text.is_empty() && seen.insert(m.text.to_lowercase())
+    });
+    x
+}
+
+struct StageTimer<'a> {
+    metrics: &'a Metrics,
+    last: Instant,
+}
+
+impl<'a> StageTimer<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Self {
+            metrics,
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, stage: Stage, outcome: &mut BatchOutcome) {
+        let elapsed = self.last.elapsed();
+        self.last = Instant::now();
+        self.metrics
+            .batch_stage_seconds
+            .with_label_values(&[stage.as_str()])
+            .observe(elapsed.as_secs_f64());
+        outcome
+            .stage_millis
+            .push((stage.as_str().to_owned(), elapsed.as_millis() as u64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::adapters::sqlite::SqliteMessageStore;
+    use crate::testkit::doubles::{EchoExtractor, FlakyFlipStore, HashEmbedder, InMemoryMemoryStore};
+    use crate::testkit::message_store::{message, unique_pair};
+
+    struct Rig {
+        engine: Engine,
+        store: FlakyFlipStore<SqliteMessageStore>,
+        memories: InMemoryMemoryStore,
+        extractor: EchoExtractor,
+        metrics: Arc<Metrics>,
+    }
+
+    fn rig(worker: &str) -> Rig {
+        rig_sharing(worker, FlakyFlipStore::new(SqliteMessageStore::in_memory().unwrap()), InMemoryMemoryStore::default())
+    }
+
+    fn rig_sharing(
+        worker: &str,
+        store: FlakyFlipStore<SqliteMessageStore>,
+        memories: InMemoryMemoryStore,
+    ) -> Rig {
+        let extractor = EchoExtractor::default();
+        let metrics = Arc::new(Metrics::new());
+        let deps = Deps {
+            messages: Arc::new(store.clone()),
+            memories: Arc::new(memories.clone()),
+            extractor: Arc::new(extractor.clone()),
+            embedder: Arc::new(HashEmbedder::new(64)),
+            metrics: metrics.clone(),
+        };
+        let config = EngineConfig {
+            worker_id: worker.into(),
+            retry: RetryPolicy {
+                retries: 2,
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+            },
+            ..Default::default()
+        };
+        Rig {
+            engine: Engine::new(deps, config),
+            store,
+            memories,
+            extractor,
+            metrics,
+        }
+    }
+
+    async fn seed(store: &dyn MessageStore, pair: &Pair, n: usize) {
+        for i in 0..n {
+            store.append(&message(pair, i)).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_batches_until_below_threshold() {
+        let r = rig("w1");
+        let pair = unique_pair("run");
+        seed(&r.store, &pair, 99).await;
+        let reports = r.engine.run_until_idle(&pair).await.unwrap();
+        let sizes: Vec<u64> = reports.iter().map(|b| b.messages_synced).collect();
+        assert_eq!(sizes, vec![50, 49], "max 50 per batch, oldest first");
+        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
+        assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 2, "one extraction per batch");
+        // Echo makes one memory per user message: 50 of the 99 are from the user.
+        assert_eq!(r.memories.count(&pair, false).await.unwrap(), 50);
+        // 24 fresh messages: below the threshold, and the conversation is not idle.
+        for i in 99..123 {
+            let mut m = message(&pair, i);
+            m.created_at = Utc::now();
+            r.store.append(&m).await.unwrap();
+        }
+        assert_eq!(r.engine.run_once(&pair).await.unwrap(), BatchResult::NotDue);
+        let stats = r.store.stats(&pair).await.unwrap();
+        assert_eq!((stats.synced, stats.unsynced, stats.batches_done), (99, 24, 2));
+        let text = r.metrics.render();
+        assert!(text.contains("recall_batches_total{outcome=\"succeeded\"} 2"), "{text}");
+        assert!(text.contains("recall_messages_synced_total 99"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_counted() {
+        let r = rig("w1");
+        let pair = unique_pair("retry");
+        seed(&r.store, &pair, 25).await;
+        r.extractor.faults.fail_next(2, PortError::unavailable("extractor", "503"));
+        let reports = r.engine.run_until_idle(&pair).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 3);
+        assert!(
+            r.metrics.render().contains("recall_retries_total{dependency=\"extractor\"} 2"),
+            "two retries counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn permanent_failure_leaves_messages_unsynced_then_recovers() {
+        let r = rig("w1");
+        let pair = unique_pair("perm");
+        seed(&r.store, &pair, 25).await;
+        r.extractor.faults.fail_next(1, PortError::rejected("extractor", "401 bad key"));
+        let err = r.engine.run_once(&pair).await.unwrap_err();
+        assert_eq!(err.stage, Stage::Extract);
+        assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 1, "no retry on a rejection");
+        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 25, "nothing lost");
+        let open = r.store.open_batch(&pair).await.unwrap().unwrap();
+        assert!(open.last_error.unwrap().contains("401 bad key"));
+        assert_eq!(r.store.stats(&pair).await.unwrap().batches_failed, 1);
+        let reports = r.engine.run_until_idle(&pair).await.unwrap();
+        assert_eq!(reports[0].attempt, 2);
+        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn crash_between_vector_write_and_flip_reuses_extraction_without_duplicates() {
+        let r = rig("w1");
+        let pair = unique_pair("flip");
+        seed(&r.store, &pair, 30).await;
+        // More failures than retries: the flip fails for good on the first run.
+        r.store.flip_faults.fail_next(3, PortError::unavailable("sqlite", "disk gone"));
+        let err = r.engine.run_once(&pair).await.unwrap_err();
+        assert_eq!(err.stage, Stage::Flip);
+        let stored = r.memories.count(&pair, true).await.unwrap();
+        assert_eq!(stored, 15, "memories were written before the flip failed");
+        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 30);
+        // Another worker picks it up: same batch, extraction reused, same memory ids.
+        let other = rig_sharing("w2", r.store.clone(), r.memories.clone());
+        let reports = other.engine.run_until_idle(&pair).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].reused_extraction);
+        assert_eq!(other.extractor.calls.load(Ordering::SeqCst), 0, "the LLM is not paid twice");
+        assert_eq!(r.memories.count(&pair, true).await.unwrap(), stored, "no duplicate");
+        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn racing_workers_extract_each_batch_once() {
+        let store = FlakyFlipStore::new(SqliteMessageStore::in_memory().unwrap());
+        let memories = InMemoryMemoryStore::default();
+        let rigs: Vec<Rig> = (0..4)
+            .map(|i| rig_sharing(&format!("w{i}"), store.clone(), memories.clone()))
+            .collect();
+        let pairs: Vec<Pair> = (0..6).map(|_| unique_pair("race")).collect();
+        for p in &pairs {
+            seed(&store, p, 60).await;
+        }
+        let mut tasks = Vec::new();
+        for r in &rigs {
+            for p in &pairs {
+                let (e, p) = (r.engine.clone(), p.clone());
+                tasks.push(tokio::spawn(async move { e.run_until_idle(&p).await }));
+            }
+        }
+        let mut batches = 0;
+        for t in tasks {
+            batches += t.await.unwrap().unwrap().len();
+        }
+        // Some racers saw the pair busy and stopped: sweep once more sequentially.
+        for p in &pairs {
+            batches += rigs[0].engine.run_until_idle(p).await.unwrap().len();
+        }
+        let calls: usize = rigs.iter().map(|r| r.extractor.calls.load(Ordering::SeqCst)).sum();
+        assert_eq!(calls, batches, "every extraction belongs to exactly one completed batch");
+        // 60 old messages per pair: a full batch of 50, then 10 stragglers idle for long enough.
+        assert_eq!(batches, 12);
+        for p in &pairs {
+            assert_eq!(store.count_unsynced(p).await.unwrap(), 0);
+            assert_eq!(memories.count(p, true).await.unwrap(), 30, "one memory per user message");
+        }
+    }
+}
