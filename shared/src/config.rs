@@ -1,0 +1,123 @@
+//! Settings from flags and environment (clap); `--help` is the reference.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::batching::BatchRules;
+use crate::pipeline::{EngineConfig, RetryPolicy};
+use crate::runtime::WorkerConfig;
+
+/// Batching and worker-pool settings, shared by every worker mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchArgs {
+    /// Unsynced messages that make a pair due for a batch.
+    #[arg(long, env = "BATCH_THRESHOLD", default_value_t = 25)]
+    pub batch_threshold: usize,
+    /// Largest batch, in messages.
+    #[arg(long, env = "BATCH_MAX_MESSAGES", default_value_t = 50)]
+    pub batch_max_messages: usize,
+    /// Seconds of silence after which a pair below the threshold gets a partial batch.
+    #[arg(long, env = "BATCH_IDLE_SECONDS", default_value_t = 1800)]
+    pub batch_idle_seconds: u64,
+    /// Fewest messages a partial (idle) batch may have.
+    #[arg(long, env = "BATCH_IDLE_MIN_MESSAGES", default_value_t = 5)]
+    pub batch_idle_min_messages: usize,
+    /// Batches run at once by this process.
+    #[arg(long, env = "BATCH_CONCURRENCY", default_value_t = 4)]
+    pub batch_concurrency: usize,
+    /// Seconds a batch claim is held before another worker may take it over.
+    #[arg(long, env = "BATCH_LEASE_SECONDS", default_value_t = 300)]
+    pub batch_lease_seconds: u64,
+    /// Retries of a failing dependency call within one batch attempt.
+    #[arg(long, env = "BATCH_RETRIES", default_value_t = 4)]
+    pub batch_retries: usize,
+    /// Seconds between sweeps for unsynced pairs that no event announced.
+    #[arg(long, env = "RECALL_SWEEP_SECONDS", default_value_t = 60)]
+    pub sweep_seconds: u64,
+    /// Seconds in-flight batches may take to finish on shutdown.
+    #[arg(long, env = "RECALL_GRACE_SECONDS", default_value_t = 25)]
+    pub grace_seconds: u64,
+}
+
+impl BatchArgs {
+    /// The batching rules, validated.
+    pub fn rules(&self) -> Result<BatchRules, String> {
+        let rules = BatchRules {
+            threshold: self.batch_threshold,
+            max_messages: self.batch_max_messages,
+            idle_after: Duration::from_secs(self.batch_idle_seconds),
+            idle_min_messages: self.batch_idle_min_messages.min(self.batch_threshold),
+        };
+        rules.validate()?;
+        Ok(rules)
+    }
+
+    /// The engine settings.
+    pub fn engine(&self, worker_id: Option<String>) -> Result<EngineConfig, String> {
+        let mut cfg = EngineConfig {
+            rules: self.rules()?,
+            lease: Duration::from_secs(self.batch_lease_seconds.max(1)),
+            retry: RetryPolicy {
+                retries: self.batch_retries,
+                ..RetryPolicy::default()
+            },
+            ..EngineConfig::default()
+        };
+        if let Some(id) = worker_id {
+            cfg.worker_id = id;
+        }
+        Ok(cfg)
+    }
+
+    /// The worker-loop settings.
+    pub fn workers(&self) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: self.batch_concurrency.max(1),
+            sweep_interval: Duration::from_secs(self.sweep_seconds.max(1)),
+            grace: Duration::from_secs(self.grace_seconds),
+        }
+    }
+}
+
+/// `recall-worker standalone`: the API and the workers in one process, on embedded stores.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StandaloneArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder of the SQLite message store and the embedded vector store.
+    #[arg(long, env = "RECALL_DATA_DIR", default_value = "./recall-data")]
+    pub data_dir: PathBuf,
+    /// Folder of the all-MiniLM-L6-v2 files (scripts/fetch-model.sh fills it).
+    #[arg(long, env = "RECALL_MODEL_DIR", default_value = "./models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    /// Bearer token required by every endpoint but health and metrics.
+    #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Batching and worker settings.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `text` (default) or `json`.
+    #[arg(long, env = "RECALL_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+pub fn init_logging(args: &LogArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format.eq_ignore_ascii_case("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,149 @@
+//! The HTTP API (axum), one router for the publisher and standalone mode.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /firebase/message-created` | a message event from the Cloud Function -> 202 |
+//! | `POST /memory/messages/{user_id}/{character_name}` | append a message and emit its event |
+//! | `POST /memory/check-batch/{user_id}/{character_name}` | unsynced count; triggers a due batch |
+//! | `GET /memory/search/{user_id}/{character_name}` | semantic search of the pair's memories |
+//! | `GET /memory/stats/{user_id}/{character_name}` | message, memory and batch counts |
+//! | `GET /memory/context/{user_id}/{character_name}` | context block within a token budget |
+//! | `POST /memory/enhance-prompt/{user_id}/{character_name}` | system prompt + context |
+//! | `GET /memory/health`, `/healthz`, `/readyz` | component status (no auth) |
+//! | `GET /metrics` | Prometheus metrics (no auth; no user data) |
+
+mod error;
+mod extract;
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+
+use crate::batching::BatchRules;
+use crate::metrics::Metrics;
+use crate::ports::{Embedder, EventBus, MemoryStore, MessageStore};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Everything the handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Message store (source of truth).
+    pub messages: Arc<dyn MessageStore>,
+    /// Memory store (search).
+    pub memories: Arc<dyn MemoryStore>,
+    /// Query embeddings.
+    pub embedder: Arc<dyn Embedder>,
+    /// Where events and batch jobs go.
+    pub bus: Arc<dyn EventBus>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Batch thresholds (for check-batch and stats).
+    pub rules: BatchRules,
+    /// Label of the extractor in use (`offline`, `openai:<model>`).
+    pub extractor_name: String,
+    /// Bearer token required on every non-health route, if set.
+    pub api_key: Option<Arc<str>>,
+}
+
+/// Builds the router with auth, body limit and metrics layers.
+pub fn router(state: AppState) -> Router {
+    let open = Router::new()
+        .route("/memory/health", get(handlers::health))
+        .route("/healthz", get(handlers::liveness))
+        .route("/readyz", get(handlers::health))
+        .route("/metrics", get(handlers::metrics));
+    let guarded = Router::new()
+        .route("/firebase/message-created", post(handlers::message_created))
+        .route(
+            "/memory/messages/{user_id}/{character_name}",
+            post(handlers::append_message),
+        )
+        .route(
+            "/memory/check-batch/{user_id}/{character_name}",
+            post(handlers::check_batch),
+        )
+        .route(
+            "/memory/search/{user_id}/{character_name}",
+            get(handlers::search),
+        )
+        .route("/memory/stats/{user_id}/{character_name}", get(handlers::stats))
+        .route(
+            "/memory/context/{user_id}/{character_name}",
+            get(handlers::context),
+        )
+        .route(
+            "/memory/enhance-prompt/{user_id}/{character_name}",
+            post(handlers::enhance_prompt),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    open.merge(guarded)
+        .fallback(|| async {
+            ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+        .with_state(state)
+}
+
+/// Refuses to serve without an API key anywhere but on loopback.
+pub fn check_exposure(addr: SocketAddr, api_key: Option<&str>) -> Result<(), String> {
+    if api_key.is_none_or(str::is_empty) && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {addr} without RECALL_API_KEY: set it, or listen on 127.0.0.1"
+        ));
+    }
+    Ok(())
+}
+
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = state.api_key.as_deref() else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let m = &state.metrics;
+    m.http_requests_total
+        .with_label_values(&[&route, &method, &status])
+        .inc();
+    m.http_request_duration_seconds
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+#[cfg(test)]
+mod tests;
