@@ -151,7 +151,7 @@ mod tests {
         Message {
             id: MessageId::parse(format!("m{i}")).unwrap(),
             pair: Pair::parse("u1", "meher").unwrap(),
-            role: if i % 2 == 0 { Role::User } else { Role::Assistant },
+            role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
             channel: "voice".into(),
             text: text.into(),
             created_at: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, i as u32).unwrap(),

@@ -347,3 +347,15 @@ impl<S: MessageStore> MessageStore for FlakyFlipStore<S> {
         self.inner.ping().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn doubles_pass_their_contracts() {
+        crate::testkit::embedder::run_all(&HashEmbedder::new(48)).await;
+        crate::testkit::extractor::run_all(&EchoExtractor::default()).await;
+        crate::testkit::memory_store::run_all(&InMemoryMemoryStore::default(), 16).await;
+    }
+}

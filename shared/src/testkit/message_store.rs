@@ -25,7 +25,7 @@ pub fn message(pair: &Pair, i: usize) -> Message {
     Message {
         id: MessageId::parse(format!("m{i:05}")).expect("valid id"),
         pair: pair.clone(),
-        role: if i % 2 == 0 { Role::User } else { Role::Assistant },
+        role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
         channel: "whatsapp".into(),
         text: format!("message number {i} ✨"),
         created_at: t0 + chrono::Duration::seconds(i as i64 * 10),

@@ -1,5 +1,8 @@
-//! Test support shared by unit and integration tests: contract suites and deterministic doubles.
+//! Test support shared by unit and integration tests: contract suites (one per port, run against
+//! every adapter of that port) and deterministic doubles with fault injection.
 
 pub mod doubles;
+pub mod embedder;
+pub mod extractor;
 pub mod memory_store;
 pub mod message_store;
