@@ -133,7 +133,7 @@ mod tests {
             .map(|i| Message {
                 id: MessageId::parse(format!("m{i:04}")).unwrap(),
                 pair: Pair::parse(user, "meher").unwrap(),
-                role: if i % 2 == 0 { Role::User } else { Role::Assistant },
+                role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
                 channel: "whatsapp".into(),
                 text: format!("message {i}"),
                 created_at: t0 + chrono::Duration::seconds(i as i64 * 10),
