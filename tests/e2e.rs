@@ -48,7 +48,12 @@ async fn start(data_dir: &std::path::Path) -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(services.run(listener, shutdown.clone()));
-    Server { base, shutdown, task, metrics }
+    Server {
+        base,
+        shutdown,
+        task,
+        metrics,
+    }
 }
 
 impl Server {
@@ -64,7 +69,12 @@ fn client() -> reqwest::Client {
 }
 
 async fn get(base: &str, path: &str) -> Value {
-    let r = client().get(format!("{base}{path}")).bearer_auth(KEY).send().await.unwrap();
+    let r = client()
+        .get(format!("{base}{path}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "GET {path}: {}", r.status());
     r.json().await.unwrap()
 }
@@ -75,7 +85,13 @@ async fn post_message(base: &str, m: &DataMessage) {
         "created_at": m.created_at, "channel": m.channel,
     });
     let url = format!("{base}/memory/messages/{}/{}", m.user_id, m.character_name);
-    let r = client().post(url).bearer_auth(KEY).json(&body).send().await.unwrap();
+    let r = client()
+        .post(url)
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "message {} was not created", m.message_id);
 }
 
@@ -113,7 +129,10 @@ async fn conversation_replay_with_restart() {
     // Same data folder, new process state: nothing lost, nothing redone.
     let server = start(dir.path()).await;
     let again = get(&server.base, &format!("/memory/stats/{pair}")).await;
-    assert_eq!(again["messages"], mid["messages"], "state survives the restart");
+    assert_eq!(
+        again["messages"], mid["messages"],
+        "state survives the restart"
+    );
     assert_eq!(again["memories"], mid["memories"]);
     for m in &messages[half..] {
         post_message(&server.base, m).await;
@@ -123,10 +142,15 @@ async fn conversation_replay_with_restart() {
     let total = messages.len() as u64;
     assert_eq!(stats["messages"]["total"], total, "{stats}");
     let synced = stats["messages"]["synced"].as_u64().unwrap();
-    assert_eq!(synced + stats["messages"]["unsynced"].as_u64().unwrap(), total);
-    let flips = first_metrics.messages_synced_total.get() + server.metrics.messages_synced_total.get();
+    assert_eq!(
+        synced + stats["messages"]["unsynced"].as_u64().unwrap(),
+        total
+    );
+    let flips =
+        first_metrics.messages_synced_total.get() + server.metrics.messages_synced_total.get();
     assert_eq!(flips, synced, "every message was flipped exactly once");
-    let stored = first_metrics.memories_stored_total.get() + server.metrics.memories_stored_total.get();
+    let stored =
+        first_metrics.memories_stored_total.get() + server.metrics.memories_stored_total.get();
     let memories = stats["memories"]["total"].as_u64().unwrap();
     assert!(memories > 0, "{stats}");
     assert_eq!(stored, memories, "no batch wrote its memories twice");
@@ -144,22 +168,47 @@ async fn conversation_replay_with_restart() {
             let results = found["results"].as_array().unwrap();
             assert!(results.len() <= 5);
             if results.iter().any(|r| {
-                r["source_message_ids"].as_array().unwrap().iter().any(|s| s == &json!(f.first_message_id))
+                r["source_message_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s == &json!(f.first_message_id))
             }) {
                 hits += 1;
             }
             // Another tenant never sees these memories.
-            let other = get(&server.base, &format!("/memory/search/u_other/{character}?limit=50&query={}", urlencode(q))).await;
+            let other = get(
+                &server.base,
+                &format!(
+                    "/memory/search/u_other/{character}?limit=50&query={}",
+                    urlencode(q)
+                ),
+            )
+            .await;
             assert_eq!(other["count"], 0, "tenant leak: {other}");
-            let other = get(&server.base, &format!("/memory/search/{user}/luna?limit=50&query={}", urlencode(q))).await;
+            let other = get(
+                &server.base,
+                &format!("/memory/search/{user}/luna?limit=50&query={}", urlencode(q)),
+            )
+            .await;
             assert_eq!(other["count"], 0, "character leak: {other}");
         }
     }
     eprintln!("gold questions answered from the right message in the top 5: {hits}/{asked}");
-    assert!(hits >= 1, "no gold question found its source memory in the top 5");
+    assert!(
+        hits >= 1,
+        "no gold question found its source memory in the top 5"
+    );
 
     // The context block and enhanced prompt use the memories.
-    let ctx = get(&server.base, &format!("/memory/context/{pair}?message={}&max_tokens=400", urlencode(&gold[0].questions[0]))).await;
+    let ctx = get(
+        &server.base,
+        &format!(
+            "/memory/context/{pair}?message={}&max_tokens=400",
+            urlencode(&gold[0].questions[0])
+        ),
+    )
+    .await;
     assert!(ctx["estimated_tokens"].as_u64().unwrap() <= 400);
     assert!(!ctx["memories"].as_array().unwrap().is_empty(), "{ctx}");
     server.stop().await;
@@ -168,7 +217,9 @@ async fn conversation_replay_with_restart() {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

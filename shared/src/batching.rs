@@ -87,7 +87,11 @@ impl BatchRules {
 
     /// Chooses the batch from the oldest unsynced messages (`oldest_first` must be sorted):
     /// `None` unless due; otherwise at most `max_messages`, oldest first.
-    pub fn select<'a>(&self, oldest_first: &'a [Message], now: DateTime<Utc>) -> Option<&'a [Message]> {
+    pub fn select<'a>(
+        &self,
+        oldest_first: &'a [Message],
+        now: DateTime<Utc>,
+    ) -> Option<&'a [Message]> {
         let newest = oldest_first.last().map(|m| m.created_at);
         match self.due(oldest_first.len(), newest, now) {
             Due::NotDue => None,
@@ -117,7 +121,10 @@ pub fn batch_id(messages: &[Message]) -> String {
 
 /// The id of the `index`-th memory of a batch: UUIDv5(batch id, index). A retry overwrites.
 pub fn memory_id(batch_id: &str, index: usize) -> Uuid {
-    Uuid::new_v5(&MEMORY_ID_NAMESPACE, format!("{batch_id}/{index}").as_bytes())
+    Uuid::new_v5(
+        &MEMORY_ID_NAMESPACE,
+        format!("{batch_id}/{index}").as_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -133,7 +140,11 @@ mod tests {
             .map(|i| Message {
                 id: MessageId::parse(format!("m{i:04}")).unwrap(),
                 pair: Pair::parse(user, "meher").unwrap(),
-                role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
+                role: if i.is_multiple_of(2) {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
                 channel: "whatsapp".into(),
                 text: format!("message {i}"),
                 created_at: t0 + chrono::Duration::seconds(i as i64 * 10),
@@ -153,14 +164,18 @@ mod tests {
             (24, Some(t), t, Due::NotDue),
             (25, Some(t), t, Due::Threshold),
             (80, Some(t), t, Due::Threshold),
-            (4, Some(t), min(60), Due::NotDue),   // idle but too few
-            (5, Some(t), min(29), Due::NotDue),   // not idle long enough
-            (5, Some(t), min(30), Due::Idle),     // idle and enough
+            (4, Some(t), min(60), Due::NotDue), // idle but too few
+            (5, Some(t), min(29), Due::NotDue), // not idle long enough
+            (5, Some(t), min(30), Due::Idle),   // idle and enough
             (24, Some(t), min(31), Due::Idle),
-            (5, Some(min(10)), t, Due::NotDue),   // clock skew: newest in the future
+            (5, Some(min(10)), t, Due::NotDue), // clock skew: newest in the future
         ];
         for (n, newest, now, want) in cases {
-            assert_eq!(rules.due(n, newest, now), want, "n={n} newest={newest:?} now={now}");
+            assert_eq!(
+                rules.due(n, newest, now),
+                want,
+                "n={n} newest={newest:?} now={now}"
+            );
         }
     }
 
@@ -172,7 +187,14 @@ mod tests {
             ..Default::default()
         };
         let now = Utc.with_ymd_and_hms(2024, 11, 3, 10, 5, 0).unwrap();
-        for (n, want) in [(0, None), (24, None), (25, Some(25)), (49, Some(49)), (50, Some(50)), (120, Some(50))] {
+        for (n, want) in [
+            (0, None),
+            (24, None),
+            (25, Some(25)),
+            (49, Some(49)),
+            (50, Some(50)),
+            (120, Some(50)),
+        ] {
             let all = msgs(n, "u1");
             let got = rules.select(&all, now).map(|b| b.len());
             assert_eq!(got, want, "n={n}");
@@ -185,9 +207,16 @@ mod tests {
     #[test]
     fn rules_validation() {
         assert!(BatchRules::default().validate().is_ok());
-        let bad = BatchRules { threshold: 30, max_messages: 20, ..Default::default() };
+        let bad = BatchRules {
+            threshold: 30,
+            max_messages: 20,
+            ..Default::default()
+        };
         assert!(bad.validate().unwrap_err().contains("BATCH_MAX_MESSAGES"));
-        let zero = BatchRules { threshold: 0, ..Default::default() };
+        let zero = BatchRules {
+            threshold: 0,
+            ..Default::default()
+        };
         assert!(zero.validate().is_err());
     }
 
@@ -196,7 +225,11 @@ mod tests {
         let a = msgs(25, "u1");
         assert_eq!(batch_id(&a), batch_id(&a.clone()));
         assert_ne!(batch_id(&a), batch_id(&a[..24]), "a different message set");
-        assert_ne!(batch_id(&a), batch_id(&msgs(25, "u2")), "same message ids, another user");
+        assert_ne!(
+            batch_id(&a),
+            batch_id(&msgs(25, "u2")),
+            "same message ids, another user"
+        );
         let mut reordered = a.clone();
         reordered.swap(0, 1);
         assert_ne!(batch_id(&a), batch_id(&reordered));

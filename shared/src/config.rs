@@ -90,7 +90,11 @@ pub struct StandaloneArgs {
     #[arg(long, env = "RECALL_DATA_DIR", default_value = "./recall-data")]
     pub data_dir: PathBuf,
     /// Folder of the all-MiniLM-L6-v2 files (scripts/fetch-model.sh fills it).
-    #[arg(long, env = "RECALL_MODEL_DIR", default_value = "./models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "RECALL_MODEL_DIR",
+        default_value = "./models/all-MiniLM-L6-v2"
+    )]
     pub model_dir: PathBuf,
     /// Bearer token required by every endpoint but health and metrics.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]

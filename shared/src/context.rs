@@ -65,7 +65,12 @@ pub fn build_context(
             m.memory.text,
             m.memory.created_at.format("%Y-%m-%d")
         );
-        let cost = estimate_tokens(&line) + if memory_lines.is_empty() { estimate_tokens(memory_header) } else { 0 };
+        let cost = estimate_tokens(&line)
+            + if memory_lines.is_empty() {
+                estimate_tokens(memory_header)
+            } else {
+                0
+            };
         if used + cost > memory_budget {
             continue; // a shorter, lower-ranked memory may still fit
         }
@@ -81,7 +86,12 @@ pub fn build_context(
             continue;
         }
         let line = format!("{}: {}\n", msg.role.as_str(), text);
-        let cost = estimate_tokens(&line) + if recent_lines.is_empty() { estimate_tokens(recent_header) } else { 0 };
+        let cost = estimate_tokens(&line)
+            + if recent_lines.is_empty() {
+                estimate_tokens(recent_header)
+            } else {
+                0
+            };
         if used + cost > max_tokens {
             break; // keep the conversation contiguous: stop at the first that does not fit
         }
@@ -96,7 +106,11 @@ pub fn build_context(
         memory_lines.iter().for_each(|l| text.push_str(l));
     }
     if !recent_lines.is_empty() {
-        text.push_str(if text.is_empty() { recent_header.trim_start() } else { recent_header });
+        text.push_str(if text.is_empty() {
+            recent_header.trim_start()
+        } else {
+            recent_header
+        });
         recent_lines.iter().for_each(|l| text.push_str(l));
     }
     ContextBlock {
@@ -128,7 +142,13 @@ mod tests {
     use super::*;
     use crate::domain::{Category, MessageId, Pair, Role};
 
-    fn mem(text: &str, score: f32, importance: u8, days_old: i64, superseded: bool) -> ScoredMemory {
+    fn mem(
+        text: &str,
+        score: f32,
+        importance: u8,
+        days_old: i64,
+        superseded: bool,
+    ) -> ScoredMemory {
         let now = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
         ScoredMemory {
             memory: Memory {
@@ -151,7 +171,11 @@ mod tests {
         Message {
             id: MessageId::parse(format!("m{i}")).unwrap(),
             pair: Pair::parse("u1", "meher").unwrap(),
-            role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
+            role: if i.is_multiple_of(2) {
+                Role::User
+            } else {
+                Role::Assistant
+            },
             channel: "voice".into(),
             text: text.into(),
             created_at: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, i as u32).unwrap(),
@@ -182,21 +206,39 @@ mod tests {
             mem(&"long memory ".repeat(200), 0.95, 5, 1, false),
             mem("Loves filter coffee", 0.6, 2, 30, false),
         ];
-        let recent = vec![msg(0, "hi"), msg(1, "hello!"), msg(2, "   "), msg(3, "how was the gym?")];
+        let recent = vec![
+            msg(0, "hi"),
+            msg(1, "hello!"),
+            msg(2, "   "),
+            msg(3, "how was the gym?"),
+        ];
         for budget in [0usize, 20, 60, 200, 2000] {
             let b = build_context(&cands, &recent, budget, now);
-            assert!(b.estimated_tokens <= budget, "budget {budget}: {} tokens", b.estimated_tokens);
-            assert!(!b.text.contains("Pune"), "superseded memory leaked at budget {budget}");
+            assert!(
+                b.estimated_tokens <= budget,
+                "budget {budget}: {} tokens",
+                b.estimated_tokens
+            );
+            assert!(
+                !b.text.contains("Pune"),
+                "superseded memory leaked at budget {budget}"
+            );
         }
         let b = build_context(&cands, &recent, 200, now);
         assert_eq!(
-            b.memories.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            b.memories
+                .iter()
+                .map(|m| m.text.as_str())
+                .collect::<Vec<_>>(),
             vec!["Lives in Bengaluru", "Loves filter coffee"],
             "the long memory does not fit and is skipped, the rest ranked"
         );
         assert_eq!(b.recent_messages, 3, "whitespace-only messages are skipped");
         let pos = |s: &str| b.text.find(s).unwrap();
-        assert!(pos("user: hi") < pos("assistant: how was the gym?"), "oldest first");
+        assert!(
+            pos("user: hi") < pos("assistant: how was the gym?"),
+            "oldest first"
+        );
         let empty = build_context(&[], &[], 100, now);
         assert_eq!(empty.text, "");
         assert_eq!(enhance_prompt("You are Meher.", &empty), "You are Meher.");

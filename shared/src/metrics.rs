@@ -49,12 +49,16 @@ impl Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -63,12 +67,16 @@ impl Metrics {
                 labels,
             )
             .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
-        let batches_in_flight =
-            IntGauge::new("recall_batches_in_flight", "Batches running in this process.")
-                .expect("valid metric");
+        let batches_in_flight = IntGauge::new(
+            "recall_batches_in_flight",
+            "Batches running in this process.",
+        )
+        .expect("valid metric");
         registry
             .register(Box::new(batches_in_flight.clone()))
             .expect("unique metric");
@@ -165,7 +173,10 @@ mod tests {
         m.batches_total.with_label_values(&["succeeded"]).inc();
         m.messages_synced_total.inc_by(25);
         let text = m.render();
-        assert!(text.contains("recall_batches_total{outcome=\"succeeded\"} 1"), "{text}");
+        assert!(
+            text.contains("recall_batches_total{outcome=\"succeeded\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("recall_messages_synced_total 25"), "{text}");
     }
 }

@@ -286,7 +286,9 @@ impl Engine {
                 return Ok(Planned::HeldElsewhere);
             }
             let messages = self
-                .retry("message_store", || store.get_messages(pair, &open.message_ids))
+                .retry("message_store", || {
+                    store.get_messages(pair, &open.message_ids)
+                })
                 .await
                 .map_err(claim_err)?;
             return Ok(Planned::Batch(BatchPlan {
@@ -352,7 +354,8 @@ impl Engine {
                     .with_label_values(&["completion"])
                     .inc_by(clean.usage.completion_tokens);
                 self.retry("message_store", || {
-                    d.messages.save_extraction(pair, bid, &cfg.worker_id, &clean)
+                    d.messages
+                        .save_extraction(pair, bid, &cfg.worker_id, &clean)
                 })
                 .await
                 .map_err(|e| fail(bid, Stage::Extract, e))?;
@@ -448,7 +451,9 @@ impl Engine {
             .map_err(|e| fail(bid, Stage::Flip, e))?;
         timer.lap(Stage::Flip, &mut outcome);
 
-        d.metrics.memories_stored_total.inc_by(memories.len() as u64);
+        d.metrics
+            .memories_stored_total
+            .inc_by(memories.len() as u64);
         d.metrics
             .memories_superseded_total
             .inc_by(outcome.superseded_ids.len() as u64);
@@ -582,7 +587,8 @@ fn sanitize(mut x: Extraction, plan: &BatchPlan, existing: &[Memory]) -> Extract
     x.memories.retain_mut(|m| {
         m.text = m.text.trim().to_owned();
         m.importance = m.importance.clamp(1, 5);
-        m.source_message_ids.retain(|s| batch_ids.contains(s.as_str()));
+        m.source_message_ids
+            .retain(|s| batch_ids.contains(s.as_str()));
         m.supersedes.retain(|id| known.contains(id));
         !m.text.is_empty() && seen.insert(m.text.to_lowercase())
     });
@@ -621,7 +627,9 @@ mod tests {
 
     use super::*;
     use crate::adapters::sqlite::SqliteMessageStore;
-    use crate::testkit::doubles::{EchoExtractor, FlakyFlipStore, HashEmbedder, InMemoryMemoryStore};
+    use crate::testkit::doubles::{
+        EchoExtractor, FlakyFlipStore, HashEmbedder, InMemoryMemoryStore,
+    };
     use crate::testkit::message_store::{message, unique_pair};
 
     struct Rig {
@@ -633,7 +641,11 @@ mod tests {
     }
 
     fn rig(worker: &str) -> Rig {
-        rig_sharing(worker, FlakyFlipStore::new(SqliteMessageStore::in_memory().unwrap()), InMemoryMemoryStore::default())
+        rig_sharing(
+            worker,
+            FlakyFlipStore::new(SqliteMessageStore::in_memory().unwrap()),
+            InMemoryMemoryStore::default(),
+        )
     }
 
     fn rig_sharing(
@@ -683,7 +695,11 @@ mod tests {
         let sizes: Vec<u64> = reports.iter().map(|b| b.messages_synced).collect();
         assert_eq!(sizes, vec![50, 49], "max 50 per batch, oldest first");
         assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
-        assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 2, "one extraction per batch");
+        assert_eq!(
+            r.extractor.calls.load(Ordering::SeqCst),
+            2,
+            "one extraction per batch"
+        );
         // Echo makes one memory per user message: 50 of the 99 are from the user.
         assert_eq!(r.memories.count(&pair, false).await.unwrap(), 50);
         // 24 fresh messages: below the threshold, and the conversation is not idle.
@@ -694,9 +710,15 @@ mod tests {
         }
         assert_eq!(r.engine.run_once(&pair).await.unwrap(), BatchResult::NotDue);
         let stats = r.store.stats(&pair).await.unwrap();
-        assert_eq!((stats.synced, stats.unsynced, stats.batches_done), (99, 24, 2));
+        assert_eq!(
+            (stats.synced, stats.unsynced, stats.batches_done),
+            (99, 24, 2)
+        );
         let text = r.metrics.render();
-        assert!(text.contains("recall_batches_total{outcome=\"succeeded\"} 2"), "{text}");
+        assert!(
+            text.contains("recall_batches_total{outcome=\"succeeded\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("recall_messages_synced_total 99"), "{text}");
     }
 
@@ -705,12 +727,16 @@ mod tests {
         let r = rig("w1");
         let pair = unique_pair("retry");
         seed(&r.store, &pair, 25).await;
-        r.extractor.faults.fail_next(2, PortError::unavailable("extractor", "503"));
+        r.extractor
+            .faults
+            .fail_next(2, PortError::unavailable("extractor", "503"));
         let reports = r.engine.run_until_idle(&pair).await.unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 3);
         assert!(
-            r.metrics.render().contains("recall_retries_total{dependency=\"extractor\"} 2"),
+            r.metrics
+                .render()
+                .contains("recall_retries_total{dependency=\"extractor\"} 2"),
             "two retries counted"
         );
     }
@@ -720,11 +746,21 @@ mod tests {
         let r = rig("w1");
         let pair = unique_pair("perm");
         seed(&r.store, &pair, 25).await;
-        r.extractor.faults.fail_next(1, PortError::rejected("extractor", "401 bad key"));
+        r.extractor
+            .faults
+            .fail_next(1, PortError::rejected("extractor", "401 bad key"));
         let err = r.engine.run_once(&pair).await.unwrap_err();
         assert_eq!(err.stage, Stage::Extract);
-        assert_eq!(r.extractor.calls.load(Ordering::SeqCst), 1, "no retry on a rejection");
-        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 25, "nothing lost");
+        assert_eq!(
+            r.extractor.calls.load(Ordering::SeqCst),
+            1,
+            "no retry on a rejection"
+        );
+        assert_eq!(
+            r.store.count_unsynced(&pair).await.unwrap(),
+            25,
+            "nothing lost"
+        );
         let open = r.store.open_batch(&pair).await.unwrap().unwrap();
         assert!(open.last_error.unwrap().contains("401 bad key"));
         assert_eq!(r.store.stats(&pair).await.unwrap().batches_failed, 1);
@@ -739,7 +775,9 @@ mod tests {
         let pair = unique_pair("flip");
         seed(&r.store, &pair, 30).await;
         // More failures than retries: the flip fails for good on the first run.
-        r.store.flip_faults.fail_next(3, PortError::unavailable("sqlite", "disk gone"));
+        r.store
+            .flip_faults
+            .fail_next(3, PortError::unavailable("sqlite", "disk gone"));
         let err = r.engine.run_once(&pair).await.unwrap_err();
         assert_eq!(err.stage, Stage::Flip);
         let stored = r.memories.count(&pair, true).await.unwrap();
@@ -750,8 +788,16 @@ mod tests {
         let reports = other.engine.run_until_idle(&pair).await.unwrap();
         assert_eq!(reports.len(), 1);
         assert!(reports[0].reused_extraction);
-        assert_eq!(other.extractor.calls.load(Ordering::SeqCst), 0, "the LLM is not paid twice");
-        assert_eq!(r.memories.count(&pair, true).await.unwrap(), stored, "no duplicate");
+        assert_eq!(
+            other.extractor.calls.load(Ordering::SeqCst),
+            0,
+            "the LLM is not paid twice"
+        );
+        assert_eq!(
+            r.memories.count(&pair, true).await.unwrap(),
+            stored,
+            "no duplicate"
+        );
         assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
     }
 
@@ -781,13 +827,23 @@ mod tests {
         for p in &pairs {
             batches += rigs[0].engine.run_until_idle(p).await.unwrap().len();
         }
-        let calls: usize = rigs.iter().map(|r| r.extractor.calls.load(Ordering::SeqCst)).sum();
-        assert_eq!(calls, batches, "every extraction belongs to exactly one completed batch");
+        let calls: usize = rigs
+            .iter()
+            .map(|r| r.extractor.calls.load(Ordering::SeqCst))
+            .sum();
+        assert_eq!(
+            calls, batches,
+            "every extraction belongs to exactly one completed batch"
+        );
         // 60 old messages per pair: a full batch of 50, then 10 stragglers idle for long enough.
         assert_eq!(batches, 12);
         for p in &pairs {
             assert_eq!(store.count_unsynced(p).await.unwrap(), 0);
-            assert_eq!(memories.count(p, true).await.unwrap(), 30, "one memory per user message");
+            assert_eq!(
+                memories.count(p, true).await.unwrap(),
+                30,
+                "one memory per user message"
+            );
         }
     }
 }

@@ -234,6 +234,66 @@ impl MessageEvent {
     }
 }
 
+/// How a consumer settles one delivery. Dropping it unsettled hands the delivery back to the
+/// bus (RabbitMQ redelivers it when the channel closes).
+#[async_trait]
+pub trait Settle: Send + 'static {
+    /// Done: the effect is durable, forget the delivery.
+    async fn ack(self: Box<Self>) -> PortResult<()>;
+    /// Failed for now: deliver again later (after a delay, where the bus supports it).
+    async fn retry(self: Box<Self>, reason: &str) -> PortResult<()>;
+    /// Never processable: move it aside with the reason, for an operator.
+    async fn park(self: Box<Self>, reason: &str) -> PortResult<()>;
+}
+
+/// A settle handle that does nothing: for in-process delivery, where the store is the truth.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSettle;
+
+#[async_trait]
+impl Settle for NoSettle {
+    async fn ack(self: Box<Self>) -> PortResult<()> {
+        Ok(())
+    }
+    async fn retry(self: Box<Self>, _reason: &str) -> PortResult<()> {
+        Ok(())
+    }
+    async fn park(self: Box<Self>, reason: &str) -> PortResult<()> {
+        tracing::warn!(reason, "in-process delivery dropped");
+        Ok(())
+    }
+}
+
+/// One delivered item and how to settle it.
+pub struct Delivery<T> {
+    /// What was delivered.
+    pub payload: T,
+    /// How many times it was delivered before (0 = first time), where the bus knows.
+    pub redeliveries: u32,
+    /// How to settle it.
+    pub settle: Box<dyn Settle>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Delivery<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("payload", &self.payload)
+            .field("redeliveries", &self.redeliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Delivery<T> {
+    /// An in-process delivery that needs no settling.
+    pub fn unsettled(payload: T) -> Self {
+        Self {
+            payload,
+            redeliveries: 0,
+            settle: Box::new(NoSettle),
+        }
+    }
+}
+
 /// Carries message events and batch jobs between the API and the workers.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {

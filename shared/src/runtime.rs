@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{MessageId, Pair};
 use crate::pipeline::Engine;
-use crate::ports::{EventBus, MessageEvent};
+use crate::ports::{Delivery, EventBus, MessageEvent};
 
 /// How many recent message ids per pair the counter remembers for de-duplication.
 const DEDUP_WINDOW: usize = 1024;
@@ -132,8 +132,8 @@ impl Counter {
 pub async fn run_workers(
     engine: Engine,
     bus: Arc<dyn EventBus>,
-    mut events: mpsc::Receiver<MessageEvent>,
-    mut jobs: mpsc::Receiver<Pair>,
+    mut events: mpsc::Receiver<Delivery<MessageEvent>>,
+    mut jobs: mpsc::Receiver<Delivery<Pair>>,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
@@ -143,11 +143,19 @@ pub async fn run_workers(
 
     // Counting: cheap, one task.
     let count_loop = {
-        let (engine, bus, counter, shutdown) =
-            (engine.clone(), bus.clone(), counter.clone(), shutdown.clone());
+        let (engine, bus, counter, shutdown) = (
+            engine.clone(),
+            bus.clone(),
+            counter.clone(),
+            shutdown.clone(),
+        );
         async move {
             loop {
-                let event = tokio::select! {
+                let Delivery {
+                    payload: event,
+                    settle,
+                    ..
+                } = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     e = events.recv() => match e { Some(e) => e, None => break },
                 };
@@ -155,13 +163,22 @@ pub async fn run_workers(
                 let m = &engine.deps().metrics;
                 let known = counter.lock().expect("counter lock").knows(&pair);
                 let verdict = if known {
-                    counter.lock().expect("counter lock").count(&event, threshold)
+                    counter
+                        .lock()
+                        .expect("counter lock")
+                        .count(&event, threshold)
                 } else {
                     match engine.deps().messages.count_unsynced(&pair).await {
-                        Ok(n) => counter.lock().expect("counter lock").seed(&event, n, threshold),
+                        Ok(n) => counter
+                            .lock()
+                            .expect("counter lock")
+                            .seed(&event, n, threshold),
                         Err(e) => {
-                            // The sweep will find the pair once the store answers again.
                             tracing::warn!(pair = %pair.hash_hex(), error = %e, "cannot seed counter");
+                            if let Err(e) = settle.retry(&format!("seeding the counter: {e}")).await
+                            {
+                                tracing::warn!(error = %e, "cannot hand the event back");
+                            }
                             continue;
                         }
                     }
@@ -177,37 +194,62 @@ pub async fn run_workers(
                         }
                     }
                 }
+                // Counted (or known duplicate): never hold events while a batch fills.
+                if let Err(e) = settle.ack().await {
+                    tracing::warn!(error = %e, "event ack failed; it will be redelivered and de-duplicated");
+                }
             }
         }
     };
 
     // Batches: expensive, bounded per process; one runner per pair at a time.
     let batch_loop = {
-        let (engine, counter, shutdown, tracker) =
-            (engine.clone(), counter.clone(), shutdown.clone(), tracker.clone());
+        let (engine, counter, shutdown, tracker) = (
+            engine.clone(),
+            counter.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        );
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         // Pairs with a runner, and whether another job arrived for them meanwhile.
         let running: Arc<Mutex<HashMap<Pair, bool>>> = Arc::default();
         async move {
             loop {
-                let pair = tokio::select! {
+                let Delivery {
+                    payload: pair,
+                    settle,
+                    ..
+                } = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     j = jobs.recv() => match j { Some(p) => p, None => break },
                 };
-                if let Some(again) = running.lock().expect("running lock").get_mut(&pair) {
-                    *again = true; // its runner goes round once more
+                let already = running
+                    .lock()
+                    .expect("running lock")
+                    .get_mut(&pair)
+                    .map(|again| *again = true) // its runner goes round once more
+                    .is_some();
+                if already {
+                    if let Err(e) = settle.ack().await {
+                        tracing::warn!(error = %e, "batch job ack failed");
+                    }
                     continue;
                 }
-                running.lock().expect("running lock").insert(pair.clone(), false);
+                running
+                    .lock()
+                    .expect("running lock")
+                    .insert(pair.clone(), false);
                 let permit = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     p = permits.clone().acquire_owned() => p.expect("semaphore open"),
                 };
                 let (engine, counter, running) = (engine.clone(), counter.clone(), running.clone());
                 tracker.spawn(async move {
+                    let mut failure = None;
                     loop {
                         if let Err(e) = engine.run_until_idle(&pair).await {
-                            tracing::warn!(error = %e, "batch job failed; the sweep will retry it");
+                            tracing::warn!(error = %e, "batch job failed; it will be retried");
+                            failure = Some(e.to_string());
                         }
                         counter.lock().expect("counter lock").reset(&pair);
                         let mut r = running.lock().expect("running lock");
@@ -217,6 +259,14 @@ pub async fn run_workers(
                             r.remove(&pair);
                             break;
                         }
+                    }
+                    // Settle only after the effect is durable (or the failure recorded).
+                    let settled = match failure {
+                        None => settle.ack().await,
+                        Some(reason) => settle.retry(&reason).await,
+                    };
+                    if let Err(e) = settled {
+                        tracing::warn!(error = %e, "batch job settle failed; it will be redelivered");
                     }
                     drop(permit);
                 });
@@ -251,7 +301,10 @@ pub async fn run_workers(
 
     tokio::join!(count_loop, batch_loop, sweep_loop);
     tracker.close();
-    if tokio::time::timeout(config.grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.grace, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace = ?config.grace,
             "in-flight batches did not finish within the grace period; their leases will expire"
@@ -278,14 +331,30 @@ mod tests {
         let first = ev("u1", Some("m1"));
         assert!(!c.knows(&first.pair()));
         assert_eq!(c.seed(&first, 23, 25), Counted::Below(23));
-        assert_eq!(c.count(&first, 25), Counted::Duplicate, "the seeding event is remembered");
+        assert_eq!(
+            c.count(&first, 25),
+            Counted::Duplicate,
+            "the seeding event is remembered"
+        );
         assert_eq!(c.count(&ev("u1", Some("m2")), 25), Counted::Below(24));
         assert_eq!(c.count(&ev("u1", Some("m2")), 25), Counted::Duplicate);
         assert_eq!(c.count(&ev("u1", Some("m3")), 25), Counted::Due(25));
-        assert_eq!(c.count(&ev("u2", None), 25), Counted::Below(1), "pairs are separate");
-        assert_eq!(c.count(&ev("u2", None), 25), Counted::Below(2), "no id: no de-duplication");
+        assert_eq!(
+            c.count(&ev("u2", None), 25),
+            Counted::Below(1),
+            "pairs are separate"
+        );
+        assert_eq!(
+            c.count(&ev("u2", None), 25),
+            Counted::Below(2),
+            "no id: no de-duplication"
+        );
         c.reset(&first.pair());
-        assert_eq!(c.count(&ev("u1", Some("m3")), 25), Counted::Duplicate, "ids outlive a reset");
+        assert_eq!(
+            c.count(&ev("u1", Some("m3")), 25),
+            Counted::Duplicate,
+            "ids outlive a reset"
+        );
         assert_eq!(c.count(&ev("u1", Some("m4")), 25), Counted::Below(1));
     }
 

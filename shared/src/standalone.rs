@@ -26,7 +26,12 @@ pub struct Services {
 
 impl Services {
     /// Wires the engine, the in-process bus and the API around the given adapters.
-    pub fn new(deps: Deps, engine: EngineConfig, workers: WorkerConfig, api_key: Option<String>) -> Self {
+    pub fn new(
+        deps: Deps,
+        engine: EngineConfig,
+        workers: WorkerConfig,
+        api_key: Option<String>,
+    ) -> Self {
         let (bus, receivers) = in_process_bus(BUS_CAPACITY);
         let state = AppState {
             messages: deps.messages.clone(),
@@ -77,7 +82,9 @@ impl Services {
             .ensure_collection(embedder.dimension())
             .await
             .context("preparing the memory collection")?;
-        if std::env::var_os("OPENAI_API_KEY").is_some() || std::env::var_os("OPENAI_BASE_URL").is_some() {
+        if std::env::var_os("OPENAI_API_KEY").is_some()
+            || std::env::var_os("OPENAI_BASE_URL").is_some()
+        {
             tracing::warn!(
                 "OPENAI_API_KEY/OPENAI_BASE_URL is set, but this build has no OpenAI extractor yet; \
                  using the offline extractor"
@@ -95,12 +102,21 @@ impl Services {
             metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         let engine = args.batch.engine(None).map_err(anyhow::Error::msg)?;
-        Ok(Self::new(deps, engine, args.batch.workers(), args.api_key.clone()))
+        Ok(Self::new(
+            deps,
+            engine,
+            args.batch.workers(),
+            args.api_key.clone(),
+        ))
     }
 
     /// Serves the API on `listener` and runs the workers until `shutdown` is cancelled; then
     /// stops accepting requests, lets in-flight batches finish within the grace period, returns.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         check_exposure(addr, self.state.api_key.as_deref()).map_err(anyhow::Error::msg)?;
         let workers = tokio::spawn(run_workers(
@@ -129,8 +145,9 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     let wait = || async {
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

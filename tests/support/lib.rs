@@ -58,7 +58,12 @@ pub fn data_dir() -> PathBuf {
 pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("RECALL_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/all-MiniLM-L6-v2")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/all-MiniLM-L6-v2"
+            ))
+        });
     assert!(
         dir.join("model.safetensors").is_file(),
         "model not found at {}: run scripts/fetch-model.sh",

@@ -9,22 +9,22 @@ use tokio::sync::mpsc;
 
 use crate::domain::Pair;
 use crate::error::{PortError, PortResult};
-use crate::ports::{EventBus, MessageEvent};
+use crate::ports::{Delivery, EventBus, MessageEvent};
 
 /// The sending side, handed to the HTTP API.
 #[derive(Debug, Clone)]
 pub struct InProcessBus {
-    events: mpsc::Sender<MessageEvent>,
-    jobs: mpsc::Sender<Pair>,
+    events: mpsc::Sender<Delivery<MessageEvent>>,
+    jobs: mpsc::Sender<Delivery<Pair>>,
 }
 
 /// The receiving side, handed to the worker loops.
 #[derive(Debug)]
 pub struct BusReceivers {
     /// Message events, for the counter.
-    pub events: mpsc::Receiver<MessageEvent>,
+    pub events: mpsc::Receiver<Delivery<MessageEvent>>,
     /// Batch jobs, for the batch runners.
-    pub jobs: mpsc::Receiver<Pair>,
+    pub jobs: mpsc::Receiver<Delivery<Pair>>,
 }
 
 /// A bus whose channels hold at most `capacity` items each (senders wait when full).
@@ -50,11 +50,17 @@ fn closed() -> PortError {
 #[async_trait]
 impl EventBus for InProcessBus {
     async fn publish_event(&self, event: &MessageEvent) -> PortResult<()> {
-        self.events.send(event.clone()).await.map_err(|_| closed())
+        self.events
+            .send(Delivery::unsettled(event.clone()))
+            .await
+            .map_err(|_| closed())
     }
 
     async fn publish_batch_job(&self, pair: &Pair) -> PortResult<()> {
-        self.jobs.send(pair.clone()).await.map_err(|_| closed())
+        self.jobs
+            .send(Delivery::unsettled(pair.clone()))
+            .await
+            .map_err(|_| closed())
     }
 
     async fn ping(&self) -> PortResult<()> {
@@ -83,7 +89,7 @@ mod tests {
             bus.publish_event(&ev(i)).await.unwrap();
         }
         for i in 0..3 {
-            assert_eq!(rx.events.recv().await.unwrap(), ev(i));
+            assert_eq!(rx.events.recv().await.unwrap().payload, ev(i));
         }
         bus.ping().await.unwrap();
         drop(rx);

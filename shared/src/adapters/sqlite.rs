@@ -124,8 +124,10 @@ impl SqliteMessageStore {
 
     fn init(conn: Connection) -> PortResult<Self> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -254,7 +256,11 @@ impl MessageStore for SqliteMessageStore {
                 .map_err(db_err)?;
             let rows = st
                 .query_map(
-                    params![pair.user_id.as_str(), pair.character_name.as_str(), limit as i64],
+                    params![
+                        pair.user_id.as_str(),
+                        pair.character_name.as_str(),
+                        limit as i64
+                    ],
                     |r| row_to_message(&pair, r),
                 )
                 .map_err(db_err)?;
@@ -275,7 +281,11 @@ impl MessageStore for SqliteMessageStore {
                 .map_err(db_err)?;
             let rows = st
                 .query_map(
-                    params![pair.user_id.as_str(), pair.character_name.as_str(), limit as i64],
+                    params![
+                        pair.user_id.as_str(),
+                        pair.character_name.as_str(),
+                        limit as i64
+                    ],
                     |r| row_to_message(&pair, r),
                 )
                 .map_err(db_err)?;
@@ -300,7 +310,11 @@ impl MessageStore for SqliteMessageStore {
             for id in &ids {
                 let m = st
                     .query_row(
-                        params![pair.user_id.as_str(), pair.character_name.as_str(), id.as_str()],
+                        params![
+                            pair.user_id.as_str(),
+                            pair.character_name.as_str(),
+                            id.as_str()
+                        ],
                         |r| row_to_message(&pair, r),
                     )
                     .optional()
@@ -496,7 +510,9 @@ impl MessageStore for SqliteMessageStore {
                     )
                     .map_err(db_err)?;
                 for id in &ids {
-                    flipped += st.execute(params![u, ch, id.as_str(), batch_id]).map_err(db_err)? as u64;
+                    flipped += st
+                        .execute(params![u, ch, id.as_str(), batch_id])
+                        .map_err(db_err)? as u64;
                 }
             }
             tx.commit().map_err(db_err)?;
@@ -587,7 +603,11 @@ impl MessageStore for SqliteMessageStore {
                 .map_err(db_err)?;
             let rows = st
                 .query_map(params![min_unsynced as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(db_err)?;
             let mut out = Vec::new();
@@ -634,6 +654,9 @@ mod tests {
         drop(store);
         let store = SqliteMessageStore::open(&path).unwrap();
         assert_eq!(store.count_unsynced(&pair).await.unwrap(), 1);
-        assert!(!store.append(&m).await.unwrap(), "the id is still known after reopening");
+        assert!(
+            !store.append(&m).await.unwrap(),
+            "the id is still known after reopening"
+        );
     }
 }

@@ -47,20 +47,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 }
             })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let field = match (path.as_str(), missing_field(&inner.to_string())) {
-                _ if inner.is_syntax() || inner.is_eof() => "body".to_owned(),
-                (_, Some(missing)) => missing,
-                (".", None) | ("", None) | ("?", None) => "body".to_owned(),
-                (p, None) => p.to_owned(),
-            };
-            // serde's message says what was wrong without echoing the input.
-            let message = inner.to_string();
-            let message = message.split(" at line ").next().unwrap_or_default().to_owned();
-            ApiError::invalid(field, message)
-        })
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let field = match (path.as_str(), missing_field(&inner.to_string())) {
+                    _ if inner.is_syntax() || inner.is_eof() => "body".to_owned(),
+                    (_, Some(missing)) => missing,
+                    (".", None) | ("", None) | ("?", None) => "body".to_owned(),
+                    (p, None) => p.to_owned(),
+                };
+                // serde's message says what was wrong without echoing the input.
+                let message = inner.to_string();
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                ApiError::invalid(field, message)
+            })
     }
 }
 
@@ -80,7 +86,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PairPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path((user, character)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::invalid("path", "user_id and character_name must be valid UTF-8"))?;
+            .map_err(|_| {
+                ApiError::invalid("path", "user_id and character_name must be valid UTF-8")
+            })?;
         Pair::parse(&user, &character)
             .map(PairPath)
             .map_err(|(field, e)| ApiError::invalid(field, format!("{field} {e}")))
@@ -124,7 +132,13 @@ impl Params {
     }
 
     /// An optional integer in `min..=max`, else `default`.
-    pub(crate) fn int(&self, name: &str, default: usize, min: usize, max: usize) -> Result<usize, ApiError> {
+    pub(crate) fn int(
+        &self,
+        name: &str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<usize, ApiError> {
         let Some(raw) = self.0.get(name) else {
             return Ok(default);
         };
@@ -142,7 +156,10 @@ impl Params {
         match self.0.get(name).map(String::as_str) {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(_) => Err(ApiError::invalid(name, format!("{name} must be true or false"))),
+            Some(_) => Err(ApiError::invalid(
+                name,
+                format!("{name} must be true or false"),
+            )),
         }
     }
 }

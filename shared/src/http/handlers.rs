@@ -13,9 +13,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, PairPath, Params};
 use crate::batching::Due;
 use crate::context::{build_context, enhance_prompt as enhance};
-use crate::domain::{
-    CharacterName, Message, MessageId, Pair, Role, ScoredMemory, UserId,
-};
+use crate::domain::{CharacterName, Message, MessageId, Pair, Role, ScoredMemory, UserId};
 use crate::ports::{MessageEvent, SearchQuery};
 
 /// Longest search query or context message, in characters.
@@ -51,7 +49,10 @@ pub(crate) async fn message_created(
         .publish_event(&event)
         .await
         .map_err(|e| ApiError::unavailable("the event bus", &e))?;
-    s.metrics.events_total.with_label_values(&["accepted"]).inc();
+    s.metrics
+        .events_total
+        .with_label_values(&["accepted"])
+        .inc();
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response())
 }
 
@@ -84,7 +85,9 @@ pub(crate) async fn append_message(
     let channel = body.channel.unwrap_or_else(|| "api".to_owned());
     if channel.is_empty()
         || channel.chars().count() > MAX_CHANNEL_CHARS
-        || !channel.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || !channel
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         return Err(ApiError::invalid(
             "channel",
@@ -117,7 +120,11 @@ pub(crate) async fn append_message(
             tracing::warn!(error = %e, "message stored but its event was not published");
         }
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(json!({"message_id": id, "created": created}))).into_response())
 }
 
@@ -292,7 +299,10 @@ pub(crate) async fn enhance_prompt(
     }
     let max_tokens = body.max_tokens.unwrap_or(800);
     if !(50..=8000).contains(&max_tokens) {
-        return Err(ApiError::invalid("max_tokens", "max_tokens must be from 50 to 8000"));
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "max_tokens must be from 50 to 8000",
+        ));
     }
     let block = context_block(&s, &pair, body.message.as_deref(), max_tokens).await?;
     Ok(Json(json!({
@@ -324,7 +334,11 @@ pub(crate) async fn health(State(s): State<AppState>) -> Response {
             "embedder": {"status": "ok", "model": s.embedder.name(), "dimension": s.embedder.dimension()},
         }
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 

@@ -20,12 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
@@ -79,7 +79,10 @@ pub fn router(state: AppState) -> Router {
             "/memory/search/{user_id}/{character_name}",
             get(handlers::search),
         )
-        .route("/memory/stats/{user_id}/{character_name}", get(handlers::stats))
+        .route(
+            "/memory/stats/{user_id}/{character_name}",
+            get(handlers::stats),
+        )
         .route(
             "/memory/context/{user_id}/{character_name}",
             get(handlers::context),
@@ -88,10 +91,17 @@ pub fn router(state: AppState) -> Router {
             "/memory/enhance-prompt/{user_id}/{character_name}",
             post(handlers::enhance_prompt),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     open.merge(guarded)
         .fallback(|| async {
-            ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route")
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))

@@ -44,7 +44,13 @@ fn rig(api_key: Option<&str>) -> Rig {
     }
 }
 
-async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>, key: Option<&str>) -> (StatusCode, Value) {
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(k) = key {
         req = req.header("authorization", format!("Bearer {k}"));
@@ -62,8 +68,11 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>, key: O
 async fn raw(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, v)
 }
 
@@ -75,13 +84,25 @@ fn field(v: &Value) -> &str {
 async fn every_guarded_route_requires_the_key() {
     let r = rig(Some("s3cret"));
     let routes = [
-        ("POST", "/firebase/message-created", Some(json!({"user_id":"u1","character_name":"meher"}))),
-        ("POST", "/memory/messages/u1/meher", Some(json!({"role":"user","text":"hi"}))),
+        (
+            "POST",
+            "/firebase/message-created",
+            Some(json!({"user_id":"u1","character_name":"meher"})),
+        ),
+        (
+            "POST",
+            "/memory/messages/u1/meher",
+            Some(json!({"role":"user","text":"hi"})),
+        ),
         ("POST", "/memory/check-batch/u1/meher", None),
         ("GET", "/memory/search/u1/meher?query=dog", None),
         ("GET", "/memory/stats/u1/meher", None),
         ("GET", "/memory/context/u1/meher", None),
-        ("POST", "/memory/enhance-prompt/u1/meher", Some(json!({"base_system_prompt":"x"}))),
+        (
+            "POST",
+            "/memory/enhance-prompt/u1/meher",
+            Some(json!({"base_system_prompt":"x"})),
+        ),
     ];
     for (m, uri, body) in &routes {
         for key in [None, Some("wrong"), Some("s3cret-but-longer")] {
@@ -95,7 +116,10 @@ async fn every_guarded_route_requires_the_key() {
     let (s, v) = call(&r.app, "GET", "/memory/health", None, None).await;
     assert_eq!(s, StatusCode::OK, "health needs no key");
     assert_eq!(v["status"], "ok");
-    assert_eq!(call(&r.app, "GET", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&r.app, "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -137,16 +161,59 @@ async fn bodies_are_validated() {
     let uri = "/memory/messages/u1/meher";
     let (s, v) = call(&r.app, "POST", uri, Some(json!({"text":"hi"})), None).await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "role"), "{v}");
-    let (s, v) = call(&r.app, "POST", uri, Some(json!({"role":"bot","text":"hi"})), None).await;
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        uri,
+        Some(json!({"role":"bot","text":"hi"})),
+        None,
+    )
+    .await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "role"), "{v}");
-    let (s, v) = call(&r.app, "POST", uri, Some(json!({"role":"user","text":5})), None).await;
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        uri,
+        Some(json!({"role":"user","text":5})),
+        None,
+    )
+    .await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "text"), "{v}");
-    let (s, v) = call(&r.app, "POST", uri, Some(json!({"role":"user","text":"x","created_at":"yesterday"})), None).await;
-    assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "created_at"), "{v}");
-    let (s, v) = call(&r.app, "POST", uri, Some(json!({"role":"user","text":"x","channel":"a b"})), None).await;
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        uri,
+        Some(json!({"role":"user","text":"x","created_at":"yesterday"})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, field(&v)),
+        (StatusCode::BAD_REQUEST, "created_at"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        uri,
+        Some(json!({"role":"user","text":"x","channel":"a b"})),
+        None,
+    )
+    .await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "channel"), "{v}");
-    let (s, v) = call(&r.app, "POST", uri, Some(json!({"role":"user","text":"x","surprise":1})), None).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "unknown fields are rejected: {v}");
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        uri,
+        Some(json!({"role":"user","text":"x","surprise":1})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are rejected: {v}"
+    );
 
     let req = |ct: &str, body: String| {
         Request::builder()
@@ -157,7 +224,13 @@ async fn bodies_are_validated() {
             .unwrap()
     };
     let (s, v) = raw(&r.app, req("text/plain", "{}".into())).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
     let (s, v) = raw(&r.app, req("application/json", "{not json".into())).await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "body"), "{v}");
     let big = json!({"role":"user","text":"x".repeat(BODY_LIMIT)}).to_string();
@@ -173,13 +246,29 @@ async fn query_parameters_are_validated() {
         ("/memory/search/u1/meher".to_owned(), "query"),
         ("/memory/search/u1/meher?query=%20".to_owned(), "query"),
         (format!("/memory/search/u1/meher?query={long}"), "query"),
-        ("/memory/search/u1/meher?query=dog&limit=0".to_owned(), "limit"),
-        ("/memory/search/u1/meher?query=dog&limit=51".to_owned(), "limit"),
-        ("/memory/search/u1/meher?query=dog&limit=ten".to_owned(), "limit"),
-        ("/memory/context/u1/meher?max_tokens=10".to_owned(), "max_tokens"),
+        (
+            "/memory/search/u1/meher?query=dog&limit=0".to_owned(),
+            "limit",
+        ),
+        (
+            "/memory/search/u1/meher?query=dog&limit=51".to_owned(),
+            "limit",
+        ),
+        (
+            "/memory/search/u1/meher?query=dog&limit=ten".to_owned(),
+            "limit",
+        ),
+        (
+            "/memory/context/u1/meher?max_tokens=10".to_owned(),
+            "max_tokens",
+        ),
     ] {
         let (s, v) = call(&r.app, "GET", &uri, None, None).await;
-        assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, want), "{uri}: {v}");
+        assert_eq!(
+            (s, field(&v)),
+            (StatusCode::BAD_REQUEST, want),
+            "{uri}: {v}"
+        );
     }
 }
 
@@ -187,16 +276,36 @@ async fn query_parameters_are_validated() {
 async fn append_is_idempotent_and_emits_one_event() {
     let mut r = rig(None);
     let body = json!({"message_id":"m1","role":"user","text":"I adopted a cat named Miso","channel":"whatsapp"});
-    let (s, v) = call(&r.app, "POST", "/memory/messages/u1/meher", Some(body.clone()), None).await;
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        "/memory/messages/u1/meher",
+        Some(body.clone()),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(v, json!({"message_id":"m1","created":true}));
-    let (s, v) = call(&r.app, "POST", "/memory/messages/u1/meher", Some(body), None).await;
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        "/memory/messages/u1/meher",
+        Some(body),
+        None,
+    )
+    .await;
     assert_eq!((s, v["created"].as_bool()), (StatusCode::OK, Some(false)));
     let ev = r.rx.events.try_recv().unwrap();
-    assert_eq!(ev.message_id.unwrap().as_str(), "m1");
-    assert!(r.rx.events.try_recv().is_err(), "a duplicate append emits no second event");
+    assert_eq!(ev.payload.message_id.unwrap().as_str(), "m1");
+    assert!(
+        r.rx.events.try_recv().is_err(),
+        "a duplicate append emits no second event"
+    );
     let (_, stats) = call(&r.app, "GET", "/memory/stats/u1/meher", None, None).await;
-    assert_eq!(stats["messages"], json!({"total":1,"synced":0,"unsynced":1}));
+    assert_eq!(
+        stats["messages"],
+        json!({"total":1,"synced":0,"unsynced":1})
+    );
     assert_eq!(stats["extractor"], "offline");
 }
 
@@ -208,7 +317,10 @@ async fn check_batch_triggers_when_due() {
         call(&r.app, "POST", "/memory/messages/u1/meher", Some(b), None).await;
         if i == 23 {
             let (_, v) = call(&r.app, "POST", "/memory/check-batch/u1/meher", None, None).await;
-            assert_eq!((v["unsynced"].as_u64(), v["triggered"].as_bool()), (Some(24), Some(false)));
+            assert_eq!(
+                (v["unsynced"].as_u64(), v["triggered"].as_bool()),
+                (Some(24), Some(false))
+            );
         }
     }
     let (s, v) = call(&r.app, "POST", "/memory/check-batch/u1/meher", None, None).await;
@@ -217,7 +329,10 @@ async fn check_batch_triggers_when_due() {
     assert_eq!(v["threshold"], 25);
     assert_eq!(v["triggered"], true);
     assert_eq!(v["reason"], "threshold");
-    assert_eq!(r.rx.jobs.try_recv().unwrap(), Pair::parse("u1", "meher").unwrap());
+    assert_eq!(
+        r.rx.jobs.try_recv().unwrap().payload,
+        Pair::parse("u1", "meher").unwrap()
+    );
 }
 
 #[tokio::test]
@@ -225,7 +340,10 @@ async fn search_and_context_never_cross_tenants() {
     let r = rig(None);
     r.memories.ensure_collection(32).await.unwrap();
     let mut points = Vec::new();
-    for (user, text) in [("alice", "Alice has a dog named Bruno"), ("bob", "Bob has a dog named Rex")] {
+    for (user, text) in [
+        ("alice", "Alice has a dog named Bruno"),
+        ("bob", "Bob has a dog named Rex"),
+    ] {
         let memory = Memory {
             id: uuid::Uuid::new_v4(),
             pair: Pair::parse(user, "meher").unwrap(),
@@ -238,18 +356,42 @@ async fn search_and_context_never_cross_tenants() {
             batch_id: "b1".into(),
             superseded_by: None,
         };
-        points.push(MemoryPoint { vector: r.embedder.vector(text), memory });
+        points.push(MemoryPoint {
+            vector: r.embedder.vector(text),
+            memory,
+        });
     }
     r.memories.upsert(&points).await.unwrap();
-    let (s, v) = call(&r.app, "GET", "/memory/search/alice/meher?query=dog%20named&limit=50", None, None).await;
+    let (s, v) = call(
+        &r.app,
+        "GET",
+        "/memory/search/alice/meher?query=dog%20named&limit=50",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["count"], 1);
     assert_eq!(v["results"][0]["text"], "Alice has a dog named Bruno");
     assert_eq!(v["results"][0]["source_message_ids"], json!(["m1"]));
-    let (_, v) = call(&r.app, "GET", "/memory/context/alice/meher?message=my%20dog", None, None).await;
+    let (_, v) = call(
+        &r.app,
+        "GET",
+        "/memory/context/alice/meher?message=my%20dog",
+        None,
+        None,
+    )
+    .await;
     let ctx = v["context"].as_str().unwrap();
     assert!(ctx.contains("Bruno") && !ctx.contains("Rex"), "{ctx}");
-    let (_, v) = call(&r.app, "GET", "/memory/search/carol/meher?query=dog", None, None).await;
+    let (_, v) = call(
+        &r.app,
+        "GET",
+        "/memory/search/carol/meher?query=dog",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(v["count"], 0, "an unknown user sees nothing");
     let (s, v) = call(
         &r.app,
@@ -261,21 +403,37 @@ async fn search_and_context_never_cross_tenants() {
     .await;
     assert_eq!(s, StatusCode::OK);
     let p = v["system_prompt"].as_str().unwrap();
-    assert!(p.starts_with("You are Meher.") && p.contains("Bruno") && !p.contains("Rex"), "{p}");
+    assert!(
+        p.starts_with("You are Meher.") && p.contains("Bruno") && !p.contains("Rex"),
+        "{p}"
+    );
     assert_eq!(v["memories_used"], 1);
 }
 
 #[tokio::test]
 async fn metrics_use_route_templates_not_ids() {
     let r = rig(None);
-    call(&r.app, "GET", "/memory/stats/secret_user_42/meher", None, None).await;
+    call(
+        &r.app,
+        "GET",
+        "/memory/stats/secret_user_42/meher",
+        None,
+        None,
+    )
+    .await;
     let resp = r
         .app
         .clone()
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
-    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
     assert!(
         text.contains(r#"recall_http_requests_total{method="GET",route="/memory/stats/{user_id}/{character_name}",status="200"} 1"#),
         "{text}"
@@ -288,7 +446,11 @@ fn exposure_check() {
     let lo: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let any: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
     assert!(check_exposure(lo, None).is_ok());
-    assert!(check_exposure(any, None).unwrap_err().contains("RECALL_API_KEY"));
+    assert!(
+        check_exposure(any, None)
+            .unwrap_err()
+            .contains("RECALL_API_KEY")
+    );
     assert!(check_exposure(any, Some("")).is_err());
     assert!(check_exposure(any, Some("k")).is_ok());
 }

@@ -321,7 +321,9 @@ impl<S: MessageStore> MessageStore for FlakyFlipStore<S> {
         worker: &str,
         extraction: &Extraction,
     ) -> PortResult<()> {
-        self.inner.save_extraction(pair, batch_id, worker, extraction).await
+        self.inner
+            .save_extraction(pair, batch_id, worker, extraction)
+            .await
     }
     async fn complete_batch(
         &self,
@@ -332,9 +334,17 @@ impl<S: MessageStore> MessageStore for FlakyFlipStore<S> {
         outcome: &BatchOutcome,
     ) -> PortResult<u64> {
         self.flip_faults.take()?;
-        self.inner.complete_batch(pair, batch_id, worker, ids, outcome).await
+        self.inner
+            .complete_batch(pair, batch_id, worker, ids, outcome)
+            .await
     }
-    async fn fail_batch(&self, pair: &Pair, batch_id: &str, worker: &str, reason: &str) -> PortResult<()> {
+    async fn fail_batch(
+        &self,
+        pair: &Pair,
+        batch_id: &str,
+        worker: &str,
+        reason: &str,
+    ) -> PortResult<()> {
         self.inner.fail_batch(pair, batch_id, worker, reason).await
     }
     async fn stats(&self, pair: &Pair) -> PortResult<MessageStats> {

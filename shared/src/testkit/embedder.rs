@@ -34,5 +34,8 @@ pub async fn run_all(embedder: &dyn Embedder) {
 
     let again = embedder.embed(&texts[..1]).await.expect("embed one");
     let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
-    assert!(close(&again[0], &vectors[0]), "deterministic, and batching does not change a vector");
+    assert!(
+        close(&again[0], &vectors[0]),
+        "deterministic, and batching does not change a vector"
+    );
 }

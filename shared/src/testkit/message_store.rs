@@ -8,8 +8,7 @@ use chrono::{TimeZone, Utc};
 
 use crate::batching::batch_id;
 use crate::domain::{
-    BatchOutcome, Category, ExtractedMemory, Extraction, Message, MessageId, Pair, Role,
-    TokenUsage,
+    BatchOutcome, Category, ExtractedMemory, Extraction, Message, MessageId, Pair, Role, TokenUsage,
 };
 use crate::ports::{BatchPlan, Claim, MessageStore};
 
@@ -25,7 +24,11 @@ pub fn message(pair: &Pair, i: usize) -> Message {
     Message {
         id: MessageId::parse(format!("m{i:05}")).expect("valid id"),
         pair: pair.clone(),
-        role: if i.is_multiple_of(2) { Role::User } else { Role::Assistant },
+        role: if i.is_multiple_of(2) {
+            Role::User
+        } else {
+            Role::Assistant
+        },
         channel: "whatsapp".into(),
         text: format!("message number {i} ✨"),
         created_at: t0 + chrono::Duration::seconds(i as i64 * 10),
@@ -37,7 +40,10 @@ async fn seed(store: &dyn MessageStore, pair: &Pair, n: usize) -> Vec<Message> {
     let mut v = Vec::new();
     for i in 0..n {
         let m = message(pair, i);
-        assert!(store.append(&m).await.expect("append"), "append #{i} is new");
+        assert!(
+            store.append(&m).await.expect("append"),
+            "append #{i} is new"
+        );
         v.push(m);
     }
     v
@@ -89,7 +95,10 @@ pub async fn append_is_idempotent(store: &dyn MessageStore) {
     let mut m = message(&pair, 0);
     m.text = "नमस्ते 👋🏽 — مرحبا, \"quoted\"\nnew line".into();
     assert!(store.append(&m).await.unwrap());
-    assert!(!store.append(&m).await.unwrap(), "duplicate append reports false");
+    assert!(
+        !store.append(&m).await.unwrap(),
+        "duplicate append reports false"
+    );
     assert_eq!(store.count_unsynced(&pair).await.unwrap(), 1);
     let got = store.list_unsynced(&pair, 10).await.unwrap();
     assert_eq!(got, vec![m.clone()], "every field round-trips");
@@ -117,7 +126,10 @@ pub async fn lists_are_ordered_and_scoped(store: &dyn MessageStore) {
     assert_eq!(first, all[..25].to_vec(), "oldest first");
     let recent = store.recent_unsynced(&pair, 5).await.unwrap();
     assert_eq!(recent, all[25..].to_vec(), "the five newest, oldest first");
-    assert!(first.iter().all(|m| m.pair == pair), "no other pair leaks in");
+    assert!(
+        first.iter().all(|m| m.pair == pair),
+        "no other pair leaks in"
+    );
 }
 
 /// Exactly one worker wins a claim; the loser sees who holds it; the winner may re-claim.
@@ -125,20 +137,31 @@ pub async fn claim_is_exclusive(store: &dyn MessageStore) {
     let pair = unique_pair("claim");
     let msgs = seed(store, &pair, 25).await;
     let p = plan(&msgs);
-    let a = store.claim_batch(&pair, &p, "worker-a", LEASE).await.unwrap();
+    let a = store
+        .claim_batch(&pair, &p, "worker-a", LEASE)
+        .await
+        .unwrap();
     let Claim::Acquired(batch) = a else {
         panic!("first claim must win, got {a:?}")
     };
     assert_eq!(batch.attempt, 1);
     assert_eq!(batch.extraction, None);
-    match store.claim_batch(&pair, &p, "worker-b", LEASE).await.unwrap() {
+    match store
+        .claim_batch(&pair, &p, "worker-b", LEASE)
+        .await
+        .unwrap()
+    {
         Claim::Held { by, until } => {
             assert_eq!(by, "worker-a");
             assert!(until > Utc::now());
         }
         other => panic!("second claim must see the holder, got {other:?}"),
     }
-    let open = store.open_batch(&pair).await.unwrap().expect("one open batch");
+    let open = store
+        .open_batch(&pair)
+        .await
+        .unwrap()
+        .expect("one open batch");
     assert_eq!(open.batch_id, p.batch_id);
     assert_eq!(open.message_ids.len(), 25);
     assert_eq!(open.message_ids[0], msgs[0].id);
@@ -147,7 +170,10 @@ pub async fn claim_is_exclusive(store: &dyn MessageStore) {
     store.append(&message(&pair, 25)).await.unwrap();
     let bigger = store.list_unsynced(&pair, 50).await.unwrap();
     assert_eq!(
-        store.claim_batch(&pair, &plan(&bigger), "worker-b", LEASE).await.unwrap(),
+        store
+            .claim_batch(&pair, &plan(&bigger), "worker-b", LEASE)
+            .await
+            .unwrap(),
         Claim::Stale,
         "one open batch per pair"
     );
@@ -173,11 +199,17 @@ pub async fn claim_refuses_stale_plans(store: &dyn MessageStore) {
     );
     // A plan built from a stale listing (messages 1..26, of which 1..25 are synced).
     assert_eq!(
-        store.claim_batch(&pair, &plan(&msgs[1..]), "w2", LEASE).await.unwrap(),
+        store
+            .claim_batch(&pair, &plan(&msgs[1..]), "w2", LEASE)
+            .await
+            .unwrap(),
         Claim::Stale
     );
     assert_eq!(
-        store.claim_batch(&pair, &plan(&[]), "w2", LEASE).await.unwrap(),
+        store
+            .claim_batch(&pair, &plan(&[]), "w2", LEASE)
+            .await
+            .unwrap(),
         Claim::Stale,
         "an empty plan is never claimable"
     );
@@ -202,7 +234,11 @@ pub async fn extraction_survives_takeover(store: &dyn MessageStore) {
         panic!("an expired lease must be taken over")
     };
     assert_eq!(b.attempt, 2);
-    assert_eq!(b.extraction, Some(extraction()), "the stored extraction is reused");
+    assert_eq!(
+        b.extraction,
+        Some(extraction()),
+        "the stored extraction is reused"
+    );
     // The dead holder can no longer write.
     let err = store
         .save_extraction(&pair, &p.batch_id, "dying", &extraction())
@@ -226,7 +262,10 @@ pub async fn complete_flips_once(store: &dyn MessageStore) {
         store.claim_batch(&pair, &p, "w", LEASE).await.unwrap(),
         Claim::Acquired(_)
     ));
-    store.save_extraction(&pair, &p.batch_id, "w", &extraction()).await.unwrap();
+    store
+        .save_extraction(&pair, &p.batch_id, "w", &extraction())
+        .await
+        .unwrap();
     let ids: Vec<MessageId> = p.messages.iter().map(|m| m.id.clone()).collect();
     let outcome = BatchOutcome {
         memory_ids: vec![crate::batching::memory_id(&p.batch_id, 0)],
@@ -262,7 +301,10 @@ pub async fn failure_releases_the_lease(store: &dyn MessageStore) {
         store.claim_batch(&pair, &p, "a", LEASE).await.unwrap(),
         Claim::Acquired(_)
     ));
-    store.fail_batch(&pair, &p.batch_id, "a", "llm: 500").await.unwrap();
+    store
+        .fail_batch(&pair, &p.batch_id, "a", "llm: 500")
+        .await
+        .unwrap();
     let open = store.open_batch(&pair).await.unwrap().expect("still open");
     assert_eq!(open.last_error.as_deref(), Some("llm: 500"));
     assert_eq!(store.stats(&pair).await.unwrap().batches_failed, 1);
@@ -270,7 +312,11 @@ pub async fn failure_releases_the_lease(store: &dyn MessageStore) {
         panic!("a failed batch is claimable at once by another worker")
     };
     assert_eq!(b.attempt, 2);
-    assert_eq!(store.count_unsynced(&pair).await.unwrap(), 25, "nothing lost");
+    assert_eq!(
+        store.count_unsynced(&pair).await.unwrap(),
+        25,
+        "nothing lost"
+    );
 }
 
 /// Statistics count per pair; the sweep finds pairs with enough unsynced messages.
@@ -284,5 +330,8 @@ pub async fn stats_and_sweep(store: &dyn MessageStore) {
     let found = store.unsynced_pairs(7).await.unwrap();
     assert!(found.contains(&(pair.clone(), 7)), "sweep finds the pair");
     let none = store.unsynced_pairs(8).await.unwrap();
-    assert!(!none.iter().any(|(p, _)| *p == pair), "min_unsynced is respected");
+    assert!(
+        !none.iter().any(|(p, _)| *p == pair),
+        "min_unsynced is respected"
+    );
 }
