@@ -2800,6 +2800,24 @@ use lists::*;
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn passes_the_extractor_contract() {
+        crate::testkit::extractor::run_all(&super::OfflineExtractor::new()).await;
+        // The contract's edge-case batch holds a card number, an OTP and an injection.
+        let pair = crate::domain::Pair::parse("contract_user", "meher").unwrap();
+        let batch = crate::testkit::extractor::edge_case_batch(&pair);
+        let out = super::OfflineExtractor::new().extract_batch(crate::ports::ExtractionRequest {
+            pair: &pair,
+            messages: &batch,
+            existing: &[],
+        });
+        let all: String = out.memories.iter().map(|m| m.text.as_str()).collect();
+        assert!(!all.contains("4111") && !all.contains("482913"), "{all}");
+        assert!(!all.to_lowercase().contains("ignore previous"), "{all}");
+        assert!(!all.contains("astronaut"), "assistant claims are not memories: {all}");
+        assert!(all.contains("Pune") && all.contains("nurse"), "{all}");
+    }
+
     use std::collections::{BTreeMap, BTreeSet, HashSet};
     use std::path::{Path, PathBuf};
 
