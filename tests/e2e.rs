@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use recall_shared::config::{BatchArgs, StandaloneArgs};
+use recall_shared::config::{BatchArgs, StoreArgs};
 use recall_shared::metrics::Metrics;
-use recall_shared::standalone::Services;
+use recall_shared::node::Node;
 use recall_tests::{DataMessage, conversation, facts, model_dir};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -25,24 +25,23 @@ struct Server {
 }
 
 async fn start(data_dir: &std::path::Path) -> Server {
-    let args = StandaloneArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_owned(),
-        model_dir: model_dir(),
-        api_key: Some(KEY.into()),
-        batch: BatchArgs {
-            batch_threshold: 25,
-            batch_max_messages: 50,
-            batch_idle_seconds: 1800,
-            batch_idle_min_messages: 5,
-            batch_concurrency: 2,
-            batch_lease_seconds: 60,
-            batch_retries: 2,
-            sweep_seconds: 1,
-            grace_seconds: 25,
-        },
+    let batch = BatchArgs {
+        batch_threshold: 25,
+        batch_max_messages: 50,
+        batch_idle_seconds: 1800,
+        batch_idle_min_messages: 5,
+        batch_concurrency: 2,
+        batch_lease_seconds: 60,
+        batch_retries: 2,
+        sweep_seconds: 1,
+        grace_seconds: 25,
     };
-    let services = Services::embedded(&args).await.expect("embedded services");
+    let deps = StoreArgs::in_dir(data_dir, model_dir())
+        .open()
+        .await
+        .expect("embedded adapters");
+    let engine = batch.engine(None).unwrap();
+    let services = Node::standalone(deps, engine, batch.workers(), Some(KEY.into()));
     let metrics = services.state().metrics.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -80,12 +80,46 @@ impl BatchArgs {
     }
 }
 
-/// `recall-worker standalone`: the API and the workers in one process, on embedded stores.
+/// Which message store to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageStoreKind {
+    /// SQLite file (`RECALL_SQLITE_PATH`).
+    Sqlite,
+    /// Google Firestore.
+    Firestore,
+}
+
+/// Which memory store to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryStoreKind {
+    /// Qdrant Edge in `RECALL_DATA_DIR` (one process per folder).
+    Embedded,
+    /// A Qdrant server or cluster (`QDRANT_URL`).
+    Qdrant,
+}
+
+/// Where messages and memories live, and the embedding model.
 #[derive(Debug, Clone, clap::Args)]
-pub struct StandaloneArgs {
-    /// Address of the HTTP API.
-    #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+pub struct StoreArgs {
+    /// Message store: `sqlite` or `firestore`.
+    #[arg(
+        long,
+        env = "RECALL_MESSAGE_STORE",
+        value_enum,
+        default_value = "sqlite"
+    )]
+    pub message_store: MessageStoreKind,
+    /// SQLite file of the message store (default: `messages.sqlite3` in the data folder).
+    #[arg(long, env = "RECALL_SQLITE_PATH")]
+    pub sqlite_path: Option<PathBuf>,
+    /// Memory store: `embedded` (Qdrant Edge) or `qdrant` (server).
+    #[arg(
+        long,
+        env = "RECALL_MEMORY_STORE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    pub memory_store: MemoryStoreKind,
     /// Folder of the SQLite message store and the embedded vector store.
     #[arg(long, env = "RECALL_DATA_DIR", default_value = "./recall-data")]
     pub data_dir: PathBuf,
@@ -96,9 +130,98 @@ pub struct StandaloneArgs {
         default_value = "./models/all-MiniLM-L6-v2"
     )]
     pub model_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// Defaults for a data folder (used by tests and tools).
+    pub fn in_dir(data_dir: impl Into<PathBuf>, model_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            message_store: MessageStoreKind::Sqlite,
+            sqlite_path: None,
+            memory_store: MemoryStoreKind::Embedded,
+            data_dir: data_dir.into(),
+            model_dir: model_dir.into(),
+        }
+    }
+
+    /// Opens the configured adapters: message store, memory store, MiniLM, offline extractor.
+    #[cfg(feature = "embedded")]
+    pub async fn open(&self) -> anyhow::Result<crate::pipeline::Deps> {
+        use std::sync::Arc;
+
+        use anyhow::Context;
+
+        use crate::adapters::{
+            minilm::MiniLmEmbedder, offline_extractor::OfflineExtractor,
+            qdrant_edge::QdrantEdgeStore, sqlite::SqliteMessageStore,
+        };
+        use crate::ports::{Embedder, MemoryStore};
+
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+        let messages = match self.message_store {
+            MessageStoreKind::Sqlite => {
+                let path = self
+                    .sqlite_path
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("messages.sqlite3"));
+                SqliteMessageStore::open(&path).with_context(|| {
+                    format!("opening the SQLite message store {}", path.display())
+                })?
+            }
+            MessageStoreKind::Firestore => {
+                anyhow::bail!("RECALL_MESSAGE_STORE=firestore is not available in this version")
+            }
+        };
+        let memories = match self.memory_store {
+            MemoryStoreKind::Embedded => QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
+                .context("opening the embedded Qdrant Edge store")?,
+            MemoryStoreKind::Qdrant => {
+                anyhow::bail!("RECALL_MEMORY_STORE=qdrant is not available in this version")
+            }
+        };
+        let model_dir = self.model_dir.clone();
+        let embedder = tokio::task::spawn_blocking(move || MiniLmEmbedder::load(&model_dir))
+            .await?
+            .context("loading all-MiniLM-L6-v2 (run scripts/fetch-model.sh)")?;
+        memories
+            .ensure_collection(embedder.dimension())
+            .await
+            .context("preparing the memory collection")?;
+        if std::env::var_os("OPENAI_API_KEY").is_some()
+            || std::env::var_os("OPENAI_BASE_URL").is_some()
+        {
+            tracing::warn!(
+                "OPENAI_API_KEY/OPENAI_BASE_URL is set, but this version has no OpenAI \
+                 extractor yet; using the offline extractor"
+            );
+        }
+        tracing::info!(
+            extractor = "offline",
+            "memory extraction runs in OFFLINE mode: deterministic rules, no LLM"
+        );
+        Ok(crate::pipeline::Deps {
+            messages: Arc::new(messages),
+            memories: Arc::new(memories),
+            extractor: Arc::new(OfflineExtractor::new()),
+            embedder: Arc::new(embedder),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        })
+    }
+}
+
+/// `recall-worker standalone`: the API and the workers in one process, on embedded stores.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StandaloneArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
     /// Bearer token required by every endpoint but health and metrics.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Stores and model.
+    #[command(flatten)]
+    pub stores: StoreArgs,
     /// Batching and worker settings.
     #[command(flatten)]
     pub batch: BatchArgs,

@@ -9,7 +9,8 @@
 //! - [`pipeline`]: the batch engine: claim, extract, embed, upsert, flip, with retries.
 //! - [`context`]: ranking memories into a context block and an enhanced system prompt.
 //! - [`runtime`]: the worker loops (counting events, running batch jobs) and shutdown.
-//! - [`standalone`]: the API and the workers in one process (the embedded default).
+//! - [`node`]: one process: the API, and the workers when it runs them (standalone, publisher,
+//!   worker).
 //! - [`http`]: the axum router shared by the publisher and standalone mode.
 //! - [`adapters`]: the real systems behind the ports.
 //! - [`config`]: settings from flags and environment.
@@ -24,10 +25,10 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod pipeline;
 pub mod ports;
 pub mod runtime;
-pub mod standalone;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 

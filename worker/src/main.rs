@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use recall_shared::config::{LogArgs, StandaloneArgs, init_logging};
-use recall_shared::standalone::{Services, cancel_on_signal};
+use recall_shared::node::{Node, cancel_on_signal};
 use tokio_util::sync::CancellationToken;
 
 /// recall worker.
@@ -29,11 +29,13 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&cli.log);
     match cli.command {
         Some(Command::Standalone(args)) => {
-            let services = Services::embedded(&args).await?;
+            let deps = args.stores.open().await?;
+            let engine = args.batch.engine(None).map_err(anyhow::Error::msg)?;
+            let node = Node::standalone(deps, engine, args.batch.workers(), args.api_key);
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            services.run(listener, shutdown).await
+            node.run(listener, shutdown).await
         }
         None => anyhow::bail!(
             "the RabbitMQ worker is not available in this version; run `recall-worker standalone`"

@@ -2814,7 +2814,10 @@ mod tests {
         let all: String = out.memories.iter().map(|m| m.text.as_str()).collect();
         assert!(!all.contains("4111") && !all.contains("482913"), "{all}");
         assert!(!all.to_lowercase().contains("ignore previous"), "{all}");
-        assert!(!all.contains("astronaut"), "assistant claims are not memories: {all}");
+        assert!(
+            !all.contains("astronaut"),
+            "assistant claims are not memories: {all}"
+        );
         assert!(all.contains("Pune") && all.contains("nurse"), "{all}");
     }
 

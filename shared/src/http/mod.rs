@@ -56,6 +56,8 @@ pub struct AppState {
     pub extractor_name: String,
     /// Bearer token required on every non-health route, if set.
     pub api_key: Option<Arc<str>>,
+    /// Secret of the Cloud Function webhook (bearer or HMAC); falls back to `api_key` when unset.
+    pub webhook_secret: Option<Arc<str>>,
 }
 
 /// Builds the router with auth, body limit and metrics layers.
@@ -65,8 +67,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::liveness))
         .route("/readyz", get(handlers::health))
         .route("/metrics", get(handlers::metrics));
-    let guarded = Router::new()
+    let webhook = Router::new()
         .route("/firebase/message-created", post(handlers::message_created))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_webhook_auth,
+        ));
+    let guarded = Router::new()
         .route(
             "/memory/messages/{user_id}/{character_name}",
             post(handlers::append_message),
@@ -96,6 +103,7 @@ pub fn router(state: AppState) -> Router {
             require_api_key,
         ));
     open.merge(guarded)
+        .merge(webhook)
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -122,17 +130,66 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     let Some(key) = state.api_key.as_deref() else {
         return next.run(req).await;
     };
+    if bearer_matches(&req, key) {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// Header carrying `sha256=<hex HMAC-SHA256 of the raw body, keyed with RECALL_WEBHOOK_SECRET>`.
+pub const SIGNATURE_HEADER: &str = "x-recall-signature";
+
+/// The value of [`SIGNATURE_HEADER`] for `body`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The webhook accepts `Bearer <secret>` or a body signature; without a secret, the API key rule.
+async fn require_webhook_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(secret) = state.webhook_secret.clone() else {
+        return require_api_key(State(state), req, next).await;
+    };
+    if bearer_matches(&req, &secret) {
+        return next.run(req).await;
+    }
+    let Some(signature) = req
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return ApiError::unauthorized().into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+    };
+    let expected = sign(secret.as_bytes(), &bytes);
+    if bool::from(expected.as_bytes().ct_eq(signature.trim().as_bytes())) {
+        next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn bearer_matches(req: &Request, key: &str) -> bool {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
-    }
+    bool::from(presented.as_bytes().ct_eq(key.as_bytes()))
 }
 
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -23,6 +23,10 @@ struct Rig {
 }
 
 fn rig(api_key: Option<&str>) -> Rig {
+    rig_with(api_key, None)
+}
+
+fn rig_with(api_key: Option<&str>, webhook_secret: Option<&str>) -> Rig {
     let memories = InMemoryMemoryStore::default();
     let embedder = HashEmbedder::new(32);
     let (bus, rx) = in_process_bus(1000);
@@ -35,6 +39,7 @@ fn rig(api_key: Option<&str>) -> Rig {
         rules: BatchRules::default(),
         extractor_name: "offline".into(),
         api_key: api_key.map(Arc::from),
+        webhook_secret: webhook_secret.map(Arc::from),
     };
     Rig {
         app: router(state),
@@ -453,4 +458,37 @@ fn exposure_check() {
     );
     assert!(check_exposure(any, Some("")).is_err());
     assert!(check_exposure(any, Some("k")).is_ok());
+}
+
+#[tokio::test]
+async fn webhook_takes_its_secret_as_bearer_or_signature() {
+    let mut r = rig_with(Some("api-key"), Some("hook-secret"));
+    let body = json!({"user_id":"u1","character_name":"meher","message_id":"m1"}).to_string();
+    let send = |headers: Vec<(&'static str, String)>, body: String| {
+        let mut req = Request::post("/firebase/message-created").header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let (s, _) = raw(&r.app, send(vec![], body.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "no credentials");
+    let (s, _) = raw(&r.app, send(vec![("authorization", "Bearer api-key".into())], body.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the API key is not the webhook secret");
+    let (s, _) = raw(&r.app, send(vec![("authorization", "Bearer hook-secret".into())], body.clone())).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let good = sign(b"hook-secret", body.as_bytes());
+    assert!(good.starts_with("sha256=") && good.len() == 7 + 64);
+    let (s, v) = raw(&r.app, send(vec![(SIGNATURE_HEADER, good.clone())], body.clone())).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let tampered = body.replace("m1", "m2");
+    let (s, _) = raw(&r.app, send(vec![(SIGNATURE_HEADER, good)], tampered)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a signature covers the exact body");
+    let wrong = sign(b"other", body.as_bytes());
+    let (s, _) = raw(&r.app, send(vec![(SIGNATURE_HEADER, wrong)], body.clone())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        assert_eq!(r.rx.events.try_recv().unwrap().payload.message_id.unwrap().as_str(), "m1");
+    }
+    assert!(r.rx.events.try_recv().is_err(), "only the two accepted calls published");
 }

@@ -1,0 +1,157 @@
+//! One recall process: the HTTP API, and optionally the worker loops, around one set of adapters.
+//!
+//! - `recall-worker standalone`: API + workers + in-process bus ([`Node::standalone`]).
+//! - `recall-publisher`: API publishing to RabbitMQ ([`Node::new`] with the AMQP bus).
+//! - `recall-worker`: workers consuming RabbitMQ, API for health, metrics and reads
+//!   ([`Node::new`] + [`Node::with_workers`]).
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::memory_bus::in_process_bus;
+use crate::domain::Pair;
+use crate::http::{AppState, check_exposure, router};
+use crate::pipeline::{Deps, Engine, EngineConfig};
+use crate::ports::{Delivery, EventBus, MessageEvent};
+use crate::runtime::{WorkerConfig, run_workers};
+
+/// Capacity of each in-process channel.
+const BUS_CAPACITY: usize = 10_000;
+
+/// The worker half of a node.
+struct Workers {
+    config: WorkerConfig,
+    events: mpsc::Receiver<Delivery<MessageEvent>>,
+    jobs: mpsc::Receiver<Delivery<Pair>>,
+}
+
+/// A ready-to-run process.
+pub struct Node {
+    engine: Engine,
+    state: AppState,
+    workers: Option<Workers>,
+}
+
+impl Node {
+    /// The API around the given adapters, publishing to `bus`; no workers.
+    pub fn new(
+        deps: Deps,
+        bus: Arc<dyn EventBus>,
+        engine: EngineConfig,
+        api_key: Option<String>,
+    ) -> Self {
+        let state = AppState {
+            messages: deps.messages.clone(),
+            memories: deps.memories.clone(),
+            embedder: deps.embedder.clone(),
+            bus,
+            metrics: deps.metrics.clone(),
+            rules: engine.rules,
+            extractor_name: deps.extractor.name(),
+            api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
+            webhook_secret: None,
+        };
+        Self {
+            engine: Engine::new(deps, engine),
+            state,
+            workers: None,
+        }
+    }
+
+    /// Adds the worker loops, fed by `events` and `jobs`.
+    pub fn with_workers(
+        mut self,
+        config: WorkerConfig,
+        events: mpsc::Receiver<Delivery<MessageEvent>>,
+        jobs: mpsc::Receiver<Delivery<Pair>>,
+    ) -> Self {
+        self.workers = Some(Workers {
+            config,
+            events,
+            jobs,
+        });
+        self
+    }
+
+    /// Requires `secret` (bearer or HMAC signature) on the Cloud Function webhook.
+    pub fn with_webhook_secret(mut self, secret: Option<String>) -> Self {
+        self.state.webhook_secret = secret.filter(|s| !s.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// API and workers in one process, joined by the in-process bus.
+    pub fn standalone(
+        deps: Deps,
+        engine: EngineConfig,
+        workers: WorkerConfig,
+        api_key: Option<String>,
+    ) -> Self {
+        let (bus, rx) = in_process_bus(BUS_CAPACITY);
+        Self::new(deps, Arc::new(bus), engine, api_key).with_workers(workers, rx.events, rx.jobs)
+    }
+
+    /// The API state (for tests that drive the router directly).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves the API on `listener` (and runs the workers) until `shutdown` is cancelled; then
+    /// stops accepting requests, lets in-flight batches finish within the grace period, returns.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        check_exposure(addr, self.state.api_key.as_deref()).map_err(anyhow::Error::msg)?;
+        let workers = self.workers.map(|w| {
+            tokio::spawn(run_workers(
+                self.engine.clone(),
+                self.state.bus.clone(),
+                w.events,
+                w.jobs,
+                w.config,
+                shutdown.clone(),
+            ))
+        });
+        tracing::info!(%addr, workers = workers.is_some(), "recall listening");
+        let served = axum::serve(listener, router(self.state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        if let Some(w) = workers {
+            w.await?;
+        }
+        served?;
+        Ok(())
+    }
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C and cancels `token`; a second signal exits at once.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let wait = || async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    wait().await;
+    tracing::info!("shutdown requested; draining (signal again to exit at once)");
+    token.cancel();
+    tokio::spawn(async move {
+        wait().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
