@@ -6,4 +6,5 @@ pub mod minilm;
 pub mod offline_extractor;
 #[cfg(feature = "qdrant-edge")]
 pub mod qdrant_edge;
+pub mod rabbitmq;
 pub mod sqlite;
