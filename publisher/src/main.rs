@@ -1,9 +1,25 @@
-//! `recall-publisher`: the HTTP API in front of RabbitMQ.
+//! `recall-publisher`: the HTTP API in front of RabbitMQ. Every accepted event is confirmed by
+//! the broker before the caller gets its 202.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "recall-publisher: the RabbitMQ transport is not available in this version; \
-         run `recall-worker standalone`, which serves the same HTTP API"
-    );
-    std::process::ExitCode::from(2)
+use clap::Parser;
+use recall_shared::config::{PublisherArgs, init_logging};
+use recall_shared::node::{Node, cancel_on_signal};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = PublisherArgs::parse();
+    init_logging(&args.log);
+    let deps = args.stores.open().await?;
+    let engine = args.batch.engine(None).map_err(anyhow::Error::msg)?;
+    let settings = args
+        .amqp
+        .settings(args.batch.batch_concurrency, args.batch.workers().grace);
+    let node = Node::amqp_publisher(deps, engine, settings, args.api_key)
+        .await?
+        .with_webhook_secret(args.webhook_secret);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    node.run(listener, shutdown).await
 }

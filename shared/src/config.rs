@@ -227,6 +227,123 @@ pub struct StandaloneArgs {
     pub batch: BatchArgs,
 }
 
+/// RabbitMQ settings, shared by the publisher and the workers (they must agree).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// Broker URL (`amqp://` or `amqps://`; vhost percent-encoded, `%2f` is `/`).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// Name prefix of every exchange and queue.
+    #[arg(long, env = "RECALL_AMQP_PREFIX", default_value = "recall")]
+    pub amqp_prefix: String,
+    /// Event shard queues; a pair always maps to the same one.
+    #[arg(long, env = "RECALL_SHARDS", default_value_t = 8)]
+    pub shards: u16,
+    /// Prefetch of each event shard consumer.
+    #[arg(long, env = "RECALL_PREFETCH", default_value_t = 64)]
+    pub prefetch: u16,
+    /// Milliseconds a publish may wait for the broker's confirm before it fails (503).
+    #[arg(long, env = "RECALL_CONFIRM_TIMEOUT_MS", default_value_t = 5000)]
+    pub confirm_timeout_ms: u64,
+    /// `x-delivery-limit` of the quorum queues: deliveries returned more often are parked.
+    #[arg(long, env = "RECALL_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+    /// Delays of the batch retry tiers, in seconds, comma-separated; then the job is parked.
+    #[arg(
+        long,
+        env = "RECALL_RETRY_DELAYS",
+        default_value = "5,30,300",
+        value_delimiter = ','
+    )]
+    pub retry_delays: Vec<u64>,
+}
+
+impl AmqpArgs {
+    /// The adapter settings; `batch_prefetch` is the worker's batch concurrency.
+    pub fn settings(
+        &self,
+        batch_prefetch: usize,
+        grace: Duration,
+    ) -> crate::adapters::rabbitmq::AmqpSettings {
+        crate::adapters::rabbitmq::AmqpSettings {
+            url: self.amqp_url.clone(),
+            prefix: self.amqp_prefix.clone(),
+            shards: self.shards,
+            prefetch: self.prefetch,
+            batch_prefetch: batch_prefetch.clamp(1, usize::from(u16::MAX)) as u16,
+            confirm_timeout: Duration::from_millis(self.confirm_timeout_ms.max(1)),
+            delivery_limit: self.delivery_limit,
+            retry_delays: self
+                .retry_delays
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect(),
+            shutdown_grace: grace,
+        }
+    }
+}
+
+/// `recall-worker`: consumes RabbitMQ, runs batches; serves the API (health, metrics, reads).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Address of the worker's HTTP API (health, metrics, reads).
+    #[arg(long, env = "RECALL_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Bearer token required by every endpoint but health and metrics.
+    #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// This worker's id on batch claims (default: a random one).
+    #[arg(long, env = "RECALL_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Stores and model.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Batching and worker settings.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// RabbitMQ.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+}
+
+/// `recall-publisher`: the HTTP API, publishing events to RabbitMQ.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "recall-publisher",
+    version,
+    about = "recall HTTP API in front of RabbitMQ"
+)]
+pub struct PublisherArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token required by every endpoint but health and metrics.
+    #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Secret of the Cloud Function webhook: `Authorization: Bearer <secret>` or
+    /// `X-Recall-Signature: sha256=<HMAC-SHA256 of the body>`.
+    #[arg(long, env = "RECALL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Stores and model.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Batching settings (the threshold reported by check-batch).
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// RabbitMQ.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Logs.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 /// Log output settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {

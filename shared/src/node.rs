@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapters::memory_bus::in_process_bus;
+use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
+use crate::error::PortResult;
 use crate::http::{AppState, check_exposure, router};
 use crate::pipeline::{Deps, Engine, EngineConfig};
 use crate::ports::{Delivery, EventBus, MessageEvent};
@@ -91,6 +93,42 @@ impl Node {
     ) -> Self {
         let (bus, rx) = in_process_bus(BUS_CAPACITY);
         Self::new(deps, Arc::new(bus), engine, api_key).with_workers(workers, rx.events, rx.jobs)
+    }
+
+    /// A RabbitMQ worker: consumes the shard and batch queues, publishes batch jobs; returns the
+    /// node and the consumers to await after the node stopped.
+    pub async fn amqp_worker(
+        deps: Deps,
+        engine: EngineConfig,
+        workers: WorkerConfig,
+        settings: AmqpSettings,
+        api_key: Option<String>,
+        shutdown: CancellationToken,
+    ) -> PortResult<(Self, AmqpConsumers)> {
+        let bus = AmqpBus::connect(settings.clone()).await?;
+        let (consumers, events, jobs) = AmqpConsumers::start(settings, shutdown).await?;
+        let node =
+            Self::new(deps, Arc::new(bus), engine, api_key).with_workers(workers, events, jobs);
+        Ok((node, consumers))
+    }
+
+    /// A RabbitMQ publisher: declares the topology now if the broker answers, else on the first
+    /// publish (the API starts, and answers 503, while the broker is down).
+    pub async fn amqp_publisher(
+        deps: Deps,
+        engine: EngineConfig,
+        settings: AmqpSettings,
+        api_key: Option<String>,
+    ) -> PortResult<Self> {
+        let bus = match AmqpBus::connect(settings.clone()).await {
+            Ok(bus) => bus,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "broker unreachable at start-up; will connect on demand");
+                AmqpBus::lazy(settings)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self::new(deps, Arc::new(bus), engine, api_key))
     }
 
     /// The API state (for tests that drive the router directly).

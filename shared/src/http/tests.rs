@@ -465,7 +465,8 @@ async fn webhook_takes_its_secret_as_bearer_or_signature() {
     let mut r = rig_with(Some("api-key"), Some("hook-secret"));
     let body = json!({"user_id":"u1","character_name":"meher","message_id":"m1"}).to_string();
     let send = |headers: Vec<(&'static str, String)>, body: String| {
-        let mut req = Request::post("/firebase/message-created").header("content-type", "application/json");
+        let mut req =
+            Request::post("/firebase/message-created").header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(k, v);
         }
@@ -473,22 +474,60 @@ async fn webhook_takes_its_secret_as_bearer_or_signature() {
     };
     let (s, _) = raw(&r.app, send(vec![], body.clone())).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "no credentials");
-    let (s, _) = raw(&r.app, send(vec![("authorization", "Bearer api-key".into())], body.clone())).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the API key is not the webhook secret");
-    let (s, _) = raw(&r.app, send(vec![("authorization", "Bearer hook-secret".into())], body.clone())).await;
+    let (s, _) = raw(
+        &r.app,
+        send(
+            vec![("authorization", "Bearer api-key".into())],
+            body.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the API key is not the webhook secret"
+    );
+    let (s, _) = raw(
+        &r.app,
+        send(
+            vec![("authorization", "Bearer hook-secret".into())],
+            body.clone(),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let good = sign(b"hook-secret", body.as_bytes());
     assert!(good.starts_with("sha256=") && good.len() == 7 + 64);
-    let (s, v) = raw(&r.app, send(vec![(SIGNATURE_HEADER, good.clone())], body.clone())).await;
+    let (s, v) = raw(
+        &r.app,
+        send(vec![(SIGNATURE_HEADER, good.clone())], body.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let tampered = body.replace("m1", "m2");
     let (s, _) = raw(&r.app, send(vec![(SIGNATURE_HEADER, good)], tampered)).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "a signature covers the exact body");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a signature covers the exact body"
+    );
     let wrong = sign(b"other", body.as_bytes());
     let (s, _) = raw(&r.app, send(vec![(SIGNATURE_HEADER, wrong)], body.clone())).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     for _ in 0..2 {
-        assert_eq!(r.rx.events.try_recv().unwrap().payload.message_id.unwrap().as_str(), "m1");
+        assert_eq!(
+            r.rx.events
+                .try_recv()
+                .unwrap()
+                .payload
+                .message_id
+                .unwrap()
+                .as_str(),
+            "m1"
+        );
     }
-    assert!(r.rx.events.try_recv().is_err(), "only the two accepted calls published");
+    assert!(
+        r.rx.events.try_recv().is_err(),
+        "only the two accepted calls published"
+    );
 }
