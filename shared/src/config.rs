@@ -285,6 +285,7 @@ impl AmqpArgs {
                 .map(|s| Duration::from_secs(*s))
                 .collect(),
             shutdown_grace: grace,
+            client_name: std::env::var("HOSTNAME").unwrap_or_default(),
         }
     }
 }

@@ -121,6 +121,9 @@ pub struct AmqpSettings {
     pub retry_delays: Vec<Duration>,
     /// At shutdown, how long unsettled deliveries may still be settled before the channels close.
     pub shutdown_grace: Duration,
+    /// This process's name on its broker connections (`recall-<role> <prefix> <name>`), so an
+    /// operator can tell replicas apart in the management UI.
+    pub client_name: String,
 }
 
 impl Default for AmqpSettings {
@@ -139,6 +142,7 @@ impl Default for AmqpSettings {
                 Duration::from_secs(300),
             ],
             shutdown_grace: Duration::from_secs(30),
+            client_name: String::new(),
         }
     }
 }
@@ -155,6 +159,7 @@ impl fmt::Debug for AmqpSettings {
             .field("delivery_limit", &self.delivery_limit)
             .field("retry_delays", &self.retry_delays)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("client_name", &self.client_name)
             .finish()
     }
 }
@@ -489,7 +494,11 @@ fn declare_error(what: &str, name: &str, e: &lapin::Error) -> PortError {
 
 async fn open_connection(settings: &AmqpSettings, role: &str) -> PortResult<Connection> {
     let props = ConnectionProperties::default()
-        .with_connection_name(format!("recall-{role} {}", settings.prefix).into());
+        .with_connection_name(
+            format!("recall-{role} {} {}", settings.prefix, settings.client_name)
+                .trim_end()
+                .into(),
+        );
     match tokio::time::timeout(
         settings.confirm_timeout,
         Connection::connect(&settings.url, props),

@@ -101,19 +101,35 @@ impl Embedder for HashEmbedder {
     }
 }
 
-/// One memory per user message ("User said: ..."), counting calls, with scripted failures.
+/// One memory per user message ("User said: ..."), counting calls, with scripted failures and
+/// an optional delay standing in for an LLM's latency.
 #[derive(Debug, Clone, Default)]
 pub struct EchoExtractor {
     /// Calls so far.
     pub calls: Arc<AtomicUsize>,
     /// Scripted failures.
     pub faults: Faults,
+    /// How long each call takes.
+    pub delay: std::time::Duration,
+}
+
+impl EchoExtractor {
+    /// An extractor whose every call takes `delay`.
+    pub fn with_delay(delay: std::time::Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
 }
 
 #[async_trait]
 impl Extractor for EchoExtractor {
     async fn extract(&self, request: ExtractionRequest<'_>) -> PortResult<Extraction> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         self.faults.take()?;
         let memories = request
             .messages
