@@ -141,10 +141,29 @@ async fn start_worker(
     concurrency: usize,
     lease: Duration,
 ) -> Running {
+    start_worker_with(
+        s,
+        name,
+        extractor,
+        concurrency,
+        lease,
+        Duration::from_secs(1),
+    )
+    .await
+}
+
+async fn start_worker_with(
+    s: &Shared,
+    name: &str,
+    extractor: EchoExtractor,
+    concurrency: usize,
+    lease: Duration,
+    sweep: Duration,
+) -> Running {
     let shutdown = CancellationToken::new();
     let workers = WorkerConfig {
         concurrency,
-        sweep_interval: Duration::from_secs(1),
+        sweep_interval: sweep,
         grace: Duration::from_secs(5),
     };
     let (node, consumers) = Node::amqp_worker(
@@ -373,4 +392,422 @@ async fn ten_thousand_events_three_replicas() {
     for r in replicas {
         r.stop().await;
     }
+}
+
+/// Runs `rabbitmqctl` with `args`; panics with its output on failure.
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Messages ready in a queue, from the broker's own listing.
+fn queue_len(name: &str) -> u64 {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages",
+    ])
+    .lines()
+    .filter_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == name).then(|| it.next()?.parse().ok())?
+    })
+    .next()
+    .unwrap_or(0)
+}
+
+/// Closes every broker connection whose name contains `marker` (a crash, as the broker sees it).
+fn close_connections(marker: &str) -> usize {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let pids: Vec<String> = listing
+        .lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    for pid in &pids {
+        rabbitmqctl(&["close_connection", pid, "recall test: replica killed"]);
+    }
+    pids.len()
+}
+
+/// Deletes the test's queues (best effort).
+fn cleanup(prefix: &str) {
+    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
+    for q in listing
+        .lines()
+        .map(str::trim)
+        .filter(|q| q.starts_with(prefix))
+    {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_queue", q])
+            .output();
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn announce(base: &str, pair: &Pair, id: &MessageId) -> reqwest::StatusCode {
+    let body =
+        json!({"user_id": pair.user_id, "character_name": pair.character_name, "message_id": id});
+    reqwest::Client::new()
+        .post(format!("{base}/firebase/message-created"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_and_reordered_events_count_once() {
+    let _serial = SERIAL.lock().await;
+    let s = Shared::new().await;
+    // No sweep: only events may trigger batches here.
+    let w = start_worker_with(
+        &s,
+        "dup",
+        EchoExtractor::default(),
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let publisher = start_publisher(&s).await;
+    let pair = Pair::parse("dup_user", "meher").unwrap();
+    let msgs: Vec<Message> = (0..24).map(|i| message(&pair, i)).collect();
+    for m in &msgs {
+        s.messages.append(m).await.unwrap();
+    }
+    // Newest first, each twice: at-least-once, out-of-order triggers.
+    for m in msgs.iter().rev() {
+        for _ in 0..2 {
+            assert_eq!(announce(&publisher.base, &pair, &m.id).await, 202);
+        }
+    }
+    let ws = [&w];
+    wait_for("48 events", Duration::from_secs(30), async || {
+        events_seen(&ws) >= 48
+    })
+    .await;
+    let ev = |o: &str| w.metrics.events_total.with_label_values(&[o]).get();
+    assert_eq!(
+        (ev("counted"), ev("duplicate")),
+        (24, 24),
+        "each message counted once"
+    );
+    assert_eq!(
+        s.messages.stats(&pair).await.unwrap().batches_done,
+        0,
+        "24 < 25: no batch"
+    );
+    assert_eq!(w.extractor.calls.load(Ordering::SeqCst), 0);
+    // The 25th message makes the pair due.
+    let last = message(&pair, 24);
+    s.messages.append(&last).await.unwrap();
+    assert_eq!(announce(&publisher.base, &pair, &last.id).await, 202);
+    wait_for("the batch", Duration::from_secs(30), async || {
+        s.messages.count_unsynced(&pair).await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(w.extractor.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.messages.stats(&pair).await.unwrap().synced, 25);
+    publisher.stop().await;
+    w.stop().await;
+    cleanup(&s.prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_messages_are_parked_and_the_queue_drains() {
+    let _serial = SERIAL.lock().await;
+    let s = Shared::new().await;
+    let w = start_worker_with(
+        &s,
+        "poison",
+        EchoExtractor::default(),
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let conn = lapin::Connection::connect(
+        &s.settings("raw", 1).url,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for (queue, body) in [
+        (format!("{}.events.0", s.prefix), &b"{not json"[..]),
+        (
+            format!("{}.events.1", s.prefix),
+            &br#"{"user_id":"a/../b","character_name":"meher"}"#[..],
+        ),
+        (format!("{}.batches", s.prefix), &b"\xff\xfe"[..]),
+    ] {
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let parking = format!("{}.parking", s.prefix);
+    wait_for("3 parked", Duration::from_secs(30), async || {
+        queue_len(&parking) == 3
+    })
+    .await;
+    let reasons = rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+    ]);
+    assert!(reasons.contains(&parking));
+    // The rest still flows.
+    let publisher = start_publisher(&s).await;
+    let pair = Pair::parse("after_poison", "meher").unwrap();
+    let m = message(&pair, 0);
+    s.messages.append(&m).await.unwrap();
+    assert_eq!(announce(&publisher.base, &pair, &m.id).await, 202);
+    let ws = [&w];
+    wait_for("the valid event", Duration::from_secs(30), async || {
+        events_seen(&ws) == 1
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            queue_len(&format!("{}.events.{i}", s.prefix)),
+            0,
+            "shard {i} drained"
+        );
+    }
+    assert_eq!(queue_len(&parking), 3, "nothing else parked");
+    let _ = conn.close(200, "bye".into()).await;
+    publisher.stop().await;
+    w.stop().await;
+    cleanup(&s.prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replicas_batch_is_redone_by_another() {
+    let _serial = SERIAL.lock().await;
+    let s = Shared::new().await;
+    let lease = Duration::from_secs(2);
+    // Replica A stalls in extraction far past its lease (a process that died mid-batch, as far
+    // as anyone can tell); it wakes up at the end of the test and must find it lost the batch.
+    let a = start_worker(
+        &s,
+        "replica-a",
+        EchoExtractor::with_delay(Duration::from_secs(8)),
+        1,
+        lease,
+    )
+    .await;
+    let publisher = start_publisher(&s).await;
+    let pair = Pair::parse("killed", "meher").unwrap();
+    for i in 0..25 {
+        let m = message(&pair, i);
+        s.messages.append(&m).await.unwrap();
+        assert_eq!(announce(&publisher.base, &pair, &m.id).await, 202);
+    }
+    wait_for(
+        "A to be stuck in the batch",
+        Duration::from_secs(30),
+        async || a.extractor.calls.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    let b = start_worker(&s, "replica-b", EchoExtractor::default(), 2, lease).await;
+    // Kill A: its connections drop without an ack, and it takes no more work.
+    a.shutdown.cancel();
+    assert!(close_connections("replica-a") >= 1);
+    wait_for(
+        "B to finish A's batch",
+        Duration::from_secs(60),
+        async || s.messages.count_unsynced(&pair).await.unwrap() == 0,
+    )
+    .await;
+    let stats = s.messages.stats(&pair).await.unwrap();
+    assert_eq!((stats.synced, stats.batches_done), (25, 1));
+    assert_eq!(
+        b.extractor.calls.load(Ordering::SeqCst),
+        1,
+        "redone once, by B"
+    );
+    // A wakes up, finds its lease taken over, and writes nothing.
+    wait_for("A to give up", Duration::from_secs(20), async || {
+        a.metrics.batches_in_flight.get() == 0
+    })
+    .await;
+    assert_eq!(a.extractor.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        a.metrics
+            .batches_total
+            .with_label_values(&["lost_lease"])
+            .get(),
+        1
+    );
+    assert_eq!(a.metrics.memories_stored_total.get(), 0);
+    assert_eq!(
+        s.memories.count(&pair, true).await.unwrap(),
+        13,
+        "one memory per user message, no duplicate"
+    );
+    assert_eq!(s.messages.stats(&pair).await.unwrap().synced, 25);
+    a.task.await.unwrap().expect("A stops");
+    publisher.stop().await;
+    b.stop().await;
+    cleanup(&s.prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_batch_drains_within_grace() {
+    let _serial = SERIAL.lock().await;
+    let s = Shared::new().await;
+    let w = start_worker(
+        &s,
+        "drain",
+        EchoExtractor::with_delay(Duration::from_millis(1500)),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let publisher = start_publisher(&s).await;
+    let pair = Pair::parse("drain", "meher").unwrap();
+    for i in 0..25 {
+        let m = message(&pair, i);
+        s.messages.append(&m).await.unwrap();
+        assert_eq!(announce(&publisher.base, &pair, &m.id).await, 202);
+    }
+    wait_for("the batch to start", Duration::from_secs(30), async || {
+        w.metrics.batches_in_flight.get() == 1
+    })
+    .await;
+    let took = w.stop().await; // what SIGTERM does: cancel, drain, return
+    assert!(
+        took < Duration::from_secs(5 + 3),
+        "stopped in {took:?}, grace is 5 s"
+    );
+    let stats = s.messages.stats(&pair).await.unwrap();
+    assert_eq!(
+        (stats.synced, stats.batches_done),
+        (25, 1),
+        "the in-flight batch completed, whole"
+    );
+    publisher.stop().await;
+    cleanup(&s.prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restart_during_a_publish_flood_loses_no_accepted_event() {
+    let _serial = SERIAL.lock().await;
+    let s = Shared::new().await;
+    let shutdown = CancellationToken::new();
+    let (consumers, mut events, _jobs) =
+        AmqpConsumers::start(s.settings("collector", 1), shutdown.clone())
+            .await
+            .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let collector = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(d) = events.recv().await {
+                let id = d.payload.message_id.clone().unwrap();
+                // A failed ack means redelivery, which the set absorbs.
+                if d.settle.ack().await.is_ok() {
+                    seen.lock().unwrap().insert(id);
+                }
+            }
+        })
+    };
+    let publisher = start_publisher(&s).await;
+    let ps = pairs(50, "flood");
+    let base = publisher.base.clone();
+    let flood_task = {
+        let prefix = s.prefix.clone();
+        let messages = s.messages.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut accepted = Vec::new();
+            let mut refused = 0;
+            for i in 0..60 {
+                for p in &ps {
+                    let m = message(p, i);
+                    messages.append(&m).await.unwrap();
+                    let body = json!({"user_id": p.user_id, "character_name": p.character_name, "message_id": m.id});
+                    match client
+                        .post(format!("{base}/firebase/message-created"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 202 => accepted.push(m.id.clone()),
+                        Ok(r) => {
+                            assert_eq!(r.status(), 503, "{prefix}: only 503 may refuse");
+                            refused += 1;
+                        }
+                        Err(e) => panic!("the publisher itself must keep answering: {e}"),
+                    }
+                }
+            }
+            (accepted, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::spawn_blocking(|| {
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(2));
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    })
+    .await
+    .unwrap();
+    let (accepted, refused) = flood_task.await.unwrap();
+    assert_eq!(accepted.len() + refused, 3000);
+    eprintln!(
+        "broker restart: {} accepted, {refused} refused with 503",
+        accepted.len()
+    );
+    wait_for(
+        "every accepted event to arrive",
+        Duration::from_secs(90),
+        async || {
+            let seen = seen.lock().unwrap();
+            accepted.iter().all(|id| seen.contains(id))
+        },
+    )
+    .await;
+    shutdown.cancel();
+    collector.abort();
+    consumers.stopped().await;
+    publisher.stop().await;
+    cleanup(&s.prefix);
 }

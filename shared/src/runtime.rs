@@ -44,7 +44,8 @@ impl Default for WorkerConfig {
 
 #[derive(Debug, Default)]
 struct PairCount {
-    count: u64,
+    /// `None` until seeded from the store, and again after each batch trigger.
+    count: Option<u64>,
     recent: VecDeque<MessageId>,
     recent_set: HashSet<MessageId>,
 }
@@ -83,17 +84,19 @@ pub enum Counted {
 }
 
 impl Counter {
-    /// Whether the pair has a counter (if not, seed it with [`Counter::seed`] first).
+    /// Whether the pair's count is known (if not, seed it with [`Counter::seed`] first).
     pub fn knows(&self, pair: &Pair) -> bool {
-        self.pairs.contains_key(pair)
+        self.pairs.get(pair).is_some_and(|p| p.count.is_some())
     }
 
     /// Starts the pair's counter at the store's unsynced count, which includes `event`'s message.
     pub fn seed(&mut self, event: &MessageEvent, store_count: u64, threshold: u64) -> Counted {
         let entry = self.pairs.entry(event.pair()).or_default();
-        entry.count = store_count;
-        if let Some(id) = &event.message_id {
-            entry.remember(id);
+        entry.count = Some(store_count);
+        if let Some(id) = &event.message_id
+            && !entry.remember(id)
+        {
+            return Counted::Duplicate;
         }
         Self::verdict(store_count, threshold)
     }
@@ -106,15 +109,16 @@ impl Counter {
         {
             return Counted::Duplicate;
         }
-        entry.count += 1;
-        Self::verdict(entry.count, threshold)
+        let count = entry.count.unwrap_or(0) + 1;
+        entry.count = Some(count);
+        Self::verdict(count, threshold)
     }
 
-    /// Forgets the pair's count (after a batch), keeping its recent ids for de-duplication;
-    /// the next event re-seeds it from the store.
+    /// Forgets the pair's count (after a batch trigger), keeping its recent ids for
+    /// de-duplication; the next event re-seeds it from the store.
     pub fn reset(&mut self, pair: &Pair) {
         if let Some(p) = self.pairs.get_mut(pair) {
-            p.count = 0;
+            p.count = None;
         }
     }
 
