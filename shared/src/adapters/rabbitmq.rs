@@ -493,12 +493,11 @@ fn declare_error(what: &str, name: &str, e: &lapin::Error) -> PortError {
 }
 
 async fn open_connection(settings: &AmqpSettings, role: &str) -> PortResult<Connection> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(
-            format!("recall-{role} {} {}", settings.prefix, settings.client_name)
-                .trim_end()
-                .into(),
-        );
+    let props = ConnectionProperties::default().with_connection_name(
+        format!("recall-{role} {} {}", settings.prefix, settings.client_name)
+            .trim_end()
+            .into(),
+    );
     match tokio::time::timeout(
         settings.confirm_timeout,
         Connection::connect(&settings.url, props),
