@@ -10,8 +10,9 @@ export RECALL_MODEL_DIR="${RECALL_MODEL_DIR:-./models/all-MiniLM-L6-v2}"
 BASE="http://$LISTEN"
 
 scripts/fetch-model.sh "$RECALL_MODEL_DIR"
-cargo build --release -p recall-worker
-./target/release/recall-worker standalone --listen "$LISTEN" &
+# The dev profile builds faster and already optimises the embedding model's crates.
+cargo build -p recall-worker
+"${CARGO_TARGET_DIR:-target}/debug/recall-worker" standalone --listen "$LISTEN" &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT INT TERM
 
