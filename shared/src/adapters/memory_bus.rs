@@ -78,6 +78,12 @@ mod tests {
     use crate::domain::{CharacterName, UserId};
 
     #[tokio::test]
+    async fn passes_the_bus_contract() {
+        let (bus, mut rx) = in_process_bus(64);
+        crate::testkit::bus::run_all(&bus, &mut rx.events, &mut rx.jobs).await;
+    }
+
+    #[tokio::test]
     async fn delivers_in_order_and_reports_closure() {
         let (bus, mut rx) = in_process_bus(4);
         let ev = |i: usize| MessageEvent {

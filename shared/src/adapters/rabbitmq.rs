@@ -1937,6 +1937,20 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn passes_the_bus_contract() {
+        let settings = test_settings();
+        let bus = AmqpBus::connect(settings.clone()).await.expect("bus");
+        let shutdown = CancellationToken::new();
+        let (consumers, mut events, mut jobs) =
+            AmqpConsumers::start(settings.clone(), shutdown.clone())
+                .await
+                .expect("consumers");
+        crate::testkit::bus::run_all(&bus, &mut events, &mut jobs).await;
+        stop(consumers, shutdown, events, jobs).await;
+        cleanup(&settings).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn malformed_bodies_are_parked_and_valid_ones_still_flow() {
         logs();
         let settings = test_settings();
