@@ -13,12 +13,13 @@ use recall_shared::adapters::qdrant_edge::QdrantEdgeStore;
 use recall_shared::adapters::rabbitmq::{AmqpConsumers, AmqpSettings};
 use recall_shared::adapters::sqlite::SqliteMessageStore;
 use recall_shared::batching::BatchRules;
-use recall_shared::domain::{Message, MessageId, Pair, Role};
+use recall_shared::domain::{Message, MessageId, Pair};
 use recall_shared::metrics::Metrics;
 use recall_shared::node::Node;
 use recall_shared::pipeline::{Deps, EngineConfig, RetryPolicy};
 use recall_shared::ports::{MemoryStore, MessageStore};
 use recall_shared::runtime::WorkerConfig;
+use recall_shared::testkit::broker::{close_connections, delete_queues, queue_len, rabbitmqctl};
 use recall_shared::testkit::doubles::{EchoExtractor, HashEmbedder};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -193,19 +194,11 @@ async fn start_publisher(s: &Shared) -> Running {
     serve(node, None, shutdown, extractor).await
 }
 
+/// The `i`-th test message of a pair, written now (so no pair looks idle).
 fn message(pair: &Pair, i: usize) -> Message {
     Message {
-        id: MessageId::parse(format!("m{i:04}")).unwrap(),
-        pair: pair.clone(),
-        role: if i.is_multiple_of(2) {
-            Role::User
-        } else {
-            Role::Assistant
-        },
-        channel: "whatsapp".into(),
-        text: format!("message {i} of {}", pair.user_id),
         created_at: Utc::now(),
-        sync: false,
+        ..recall_shared::testkit::message_store::message(pair, i)
     }
 }
 
@@ -394,73 +387,6 @@ async fn ten_thousand_events_three_replicas() {
     }
 }
 
-/// Runs `rabbitmqctl` with `args`; panics with its output on failure.
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
-/// Messages ready in a queue, from the broker's own listing.
-fn queue_len(name: &str) -> u64 {
-    rabbitmqctl(&[
-        "list_queues",
-        "-q",
-        "--no-table-headers",
-        "name",
-        "messages",
-    ])
-    .lines()
-    .filter_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next()? == name).then(|| it.next()?.parse().ok())?
-    })
-    .next()
-    .unwrap_or(0)
-}
-
-/// Closes every broker connection whose name contains `marker` (a crash, as the broker sees it).
-fn close_connections(marker: &str) -> usize {
-    let listing = rabbitmqctl(&[
-        "list_connections",
-        "-q",
-        "--no-table-headers",
-        "pid",
-        "client_properties",
-    ]);
-    let pids: Vec<String> = listing
-        .lines()
-        .filter(|l| l.contains(marker))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
-    for pid in &pids {
-        rabbitmqctl(&["close_connection", pid, "recall test: replica killed"]);
-    }
-    pids.len()
-}
-
-/// Deletes the test's queues (best effort).
-fn cleanup(prefix: &str) {
-    let listing = rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name"]);
-    for q in listing
-        .lines()
-        .map(str::trim)
-        .filter(|q| q.starts_with(prefix))
-    {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_queue", q])
-            .output();
-    }
-}
-
 async fn wait_for(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok().await {
@@ -536,7 +462,7 @@ async fn duplicate_and_reordered_events_count_once() {
     assert_eq!(s.messages.stats(&pair).await.unwrap().synced, 25);
     publisher.stop().await;
     w.stop().await;
-    cleanup(&s.prefix);
+    delete_queues(&s.prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -614,7 +540,7 @@ async fn poison_messages_are_parked_and_the_queue_drains() {
     let _ = conn.close(200, "bye".into()).await;
     publisher.stop().await;
     w.stop().await;
-    cleanup(&s.prefix);
+    delete_queues(&s.prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -685,7 +611,7 @@ async fn a_killed_replicas_batch_is_redone_by_another() {
     a.task.await.unwrap().expect("A stops");
     publisher.stop().await;
     b.stop().await;
-    cleanup(&s.prefix);
+    delete_queues(&s.prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -723,7 +649,7 @@ async fn sigterm_mid_batch_drains_within_grace() {
         "the in-flight batch completed, whole"
     );
     publisher.stop().await;
-    cleanup(&s.prefix);
+    delete_queues(&s.prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -809,5 +735,5 @@ async fn broker_restart_during_a_publish_flood_loses_no_accepted_event() {
     collector.abort();
     consumers.stopped().await;
     publisher.stop().await;
-    cleanup(&s.prefix);
+    delete_queues(&s.prefix);
 }

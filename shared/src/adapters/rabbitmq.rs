@@ -1600,30 +1600,7 @@ mod tests {
 
     /// Closes this test's connections from the broker side (only ours: other tests run too).
     fn close_connections_named(marker: &str) -> usize {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "-q",
-                "--no-table-headers",
-                "pid",
-                "client_properties",
-            ])
-            .output()
-            .expect("rabbitmqctl list_connections");
-        let listing = String::from_utf8_lossy(&out.stdout);
-        let pids: Vec<String> = listing
-            .lines()
-            .filter(|l| l.contains(marker))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect();
-        for pid in &pids {
-            let out = std::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "recall test: dropped connection"])
-                .output()
-                .expect("rabbitmqctl close_connection");
-            assert!(out.status.success(), "close_connection {pid}");
-        }
-        pids.len()
+        crate::testkit::broker::close_connections(marker)
     }
 
     #[test]
