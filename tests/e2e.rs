@@ -223,3 +223,108 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The OpenAI-compatible extractor and embedder in the same pipeline, against a local fake that
+/// speaks OpenAI's wire format: one chat call and one embeddings call per batch, tokens recorded
+/// on the batch, and a failing model leaves the messages unsynced until it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_extractor_through_the_pipeline() {
+    use recall_shared::adapters::openai::{OpenAiEmbedder, OpenAiExtractor, OpenAiSettings};
+    use recall_shared::adapters::qdrant_edge::QdrantEdgeStore;
+    use recall_shared::adapters::sqlite::SqliteMessageStore;
+    use recall_shared::pipeline::{Deps, EngineConfig, RetryPolicy};
+    use recall_shared::ports::{Embedder, MemoryStore};
+    use recall_shared::testkit::fake_openai::{FakeOpenAi, Route, Scripted};
+
+    let fake = FakeOpenAi::start().await;
+    let mut settings = OpenAiSettings::new("sk-test-not-a-real-key");
+    settings.base_url = Some(fake.base_url());
+    let dir = tempfile::tempdir().unwrap();
+    let embedder = OpenAiEmbedder::new(&settings).unwrap();
+    let memories = QdrantEdgeStore::open(&dir.path().join("qdrant")).unwrap();
+    memories
+        .ensure_collection(embedder.dimension())
+        .await
+        .unwrap();
+    let deps = Deps {
+        messages: Arc::new(SqliteMessageStore::open(&dir.path().join("m.sqlite3")).unwrap()),
+        memories: Arc::new(memories),
+        extractor: Arc::new(OpenAiExtractor::new(&settings).unwrap()),
+        embedder: Arc::new(embedder),
+        metrics: Arc::new(Metrics::new()),
+    };
+    let engine = EngineConfig {
+        retry: RetryPolicy {
+            retries: 1,
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+        },
+        ..EngineConfig::default()
+    };
+    let workers = BatchArgs {
+        batch_threshold: 25,
+        batch_max_messages: 50,
+        batch_idle_seconds: 1800,
+        batch_idle_min_messages: 5,
+        batch_concurrency: 1,
+        batch_lease_seconds: 60,
+        batch_retries: 1,
+        sweep_seconds: 1,
+        grace_seconds: 10,
+    }
+    .workers();
+    let node = Node::standalone(deps, engine, workers, Some(KEY.into()));
+    let metrics = node.state().metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(node.run(listener, shutdown.clone()));
+    let server = Server {
+        base,
+        shutdown,
+        task,
+        metrics,
+    };
+
+    // The model is down for the first attempts: the batch fails, nothing is lost.
+    fake.push_n(Route::ChatCompletions, 2, Scripted::error(503, "overloaded", None));
+    let messages = conversation("u_d3f8a2__arjun");
+    for m in &messages[..30] {
+        post_message(&server.base, m).await;
+    }
+    let pair = "u_d3f8a2/arjun";
+    let stats = settle(&server, pair).await;
+    assert_eq!(stats["messages"]["synced"], 30, "{stats}");
+    assert_eq!(stats["extractor"], "openai:gpt-4o-mini");
+    assert!(stats["batches"]["done"].as_u64().unwrap() >= 1);
+    assert!(
+        stats["tokens"]["prompt"].as_u64().unwrap() > 0,
+        "usage recorded: {stats}"
+    );
+    let batches = stats["batches"]["done"].as_u64().unwrap() as usize;
+    assert_eq!(
+        fake.calls(Route::ChatCompletions),
+        2 + batches,
+        "two refused, then one per batch"
+    );
+    let chat = fake.requests_to(Route::ChatCompletions);
+    let last = &chat.last().unwrap().body;
+    assert_eq!(last["model"], "gpt-4o-mini");
+    assert_eq!(last["response_format"]["type"], "json_schema");
+    let found = get(
+        &server.base,
+        &format!("/memory/search/{pair}?query=training&limit=5"),
+    )
+    .await;
+    assert!(found["count"].as_u64().unwrap() > 0, "{found}");
+    assert!(
+        server
+            .metrics
+            .retries_total
+            .with_label_values(&["extractor"])
+            .get()
+            >= 1,
+        "the 503s were retried by the one retry policy"
+    );
+    server.stop().await;
+}

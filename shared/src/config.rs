@@ -98,6 +98,15 @@ pub enum MemoryStoreKind {
     Qdrant,
 }
 
+/// Which embedder to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedderKind {
+    /// all-MiniLM-L6-v2 in process (384 dimensions; `RECALL_MODEL_DIR`).
+    Local,
+    /// The OpenAI-compatible embeddings endpoint (`OPENAI_EMBEDDING_MODEL`, 1536 by default).
+    Openai,
+}
+
 /// Where messages and memories live, and the embedding model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
@@ -130,6 +139,9 @@ pub struct StoreArgs {
         default_value = "./models/all-MiniLM-L6-v2"
     )]
     pub model_dir: PathBuf,
+    /// Embedder: `local` (MiniLM) or `openai`; a collection keeps the dimension it was made with.
+    #[arg(long, env = "RECALL_EMBEDDER", value_enum, default_value = "local")]
+    pub embedder: EmbedderKind,
 }
 
 impl StoreArgs {
@@ -141,10 +153,12 @@ impl StoreArgs {
             memory_store: MemoryStoreKind::Embedded,
             data_dir: data_dir.into(),
             model_dir: model_dir.into(),
+            embedder: EmbedderKind::Local,
         }
     }
 
-    /// Opens the configured adapters: message store, memory store, MiniLM, offline extractor.
+    /// Opens the configured adapters: message store, memory store, embedder, and the extractor
+    /// (OpenAI-compatible when `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set, else offline).
     #[cfg(feature = "embedded")]
     pub async fn open(&self) -> anyhow::Result<crate::pipeline::Deps> {
         use std::sync::Arc;
@@ -152,10 +166,13 @@ impl StoreArgs {
         use anyhow::Context;
 
         use crate::adapters::{
-            minilm::MiniLmEmbedder, offline_extractor::OfflineExtractor,
-            qdrant_edge::QdrantEdgeStore, sqlite::SqliteMessageStore,
+            minilm::MiniLmEmbedder,
+            offline_extractor::OfflineExtractor,
+            openai::{OpenAiEmbedder, OpenAiExtractor, OpenAiSettings},
+            qdrant_edge::QdrantEdgeStore,
+            sqlite::SqliteMessageStore,
         };
-        use crate::ports::{Embedder, MemoryStore};
+        use crate::ports::{Embedder, Extractor, MemoryStore};
 
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
@@ -180,31 +197,53 @@ impl StoreArgs {
                 anyhow::bail!("RECALL_MEMORY_STORE=qdrant is not available in this version")
             }
         };
-        let model_dir = self.model_dir.clone();
-        let embedder = tokio::task::spawn_blocking(move || MiniLmEmbedder::load(&model_dir))
-            .await?
-            .context("loading all-MiniLM-L6-v2 (run scripts/fetch-model.sh)")?;
+        let openai = OpenAiSettings::from_env().map_err(anyhow::Error::msg)?;
+        let embedder: Arc<dyn Embedder> = match self.embedder {
+            EmbedderKind::Local => {
+                let model_dir = self.model_dir.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || MiniLmEmbedder::load(&model_dir))
+                        .await?
+                        .context("loading all-MiniLM-L6-v2 (run scripts/fetch-model.sh)")?,
+                )
+            }
+            EmbedderKind::Openai => {
+                let settings = openai.as_ref().context(
+                    "RECALL_EMBEDDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)",
+                )?;
+                Arc::new(OpenAiEmbedder::new(settings).context("configuring OpenAI embeddings")?)
+            }
+        };
         memories
             .ensure_collection(embedder.dimension())
             .await
-            .context("preparing the memory collection")?;
-        if std::env::var_os("OPENAI_API_KEY").is_some()
-            || std::env::var_os("OPENAI_BASE_URL").is_some()
-        {
-            tracing::warn!(
-                "OPENAI_API_KEY/OPENAI_BASE_URL is set, but this version has no OpenAI \
-                 extractor yet; using the offline extractor"
+            .with_context(|| {
+                format!(
+                    "preparing the memory collection for {} ({} dimensions)",
+                    embedder.name(),
+                    embedder.dimension()
+                )
+            })?;
+        let extractor: Arc<dyn Extractor> = match &openai {
+            Some(settings) => {
+                Arc::new(OpenAiExtractor::new(settings).context("configuring OpenAI extraction")?)
+            }
+            None => Arc::new(OfflineExtractor::new()),
+        };
+        if openai.is_some() {
+            tracing::info!(extractor = %extractor.name(), "memory extraction uses the LLM");
+        } else {
+            tracing::info!(
+                extractor = "offline",
+                "memory extraction runs in OFFLINE mode: deterministic rules, no LLM \
+                 (set OPENAI_API_KEY or OPENAI_BASE_URL to use a model)"
             );
         }
-        tracing::info!(
-            extractor = "offline",
-            "memory extraction runs in OFFLINE mode: deterministic rules, no LLM"
-        );
         Ok(crate::pipeline::Deps {
             messages: Arc::new(messages),
             memories: Arc::new(memories),
-            extractor: Arc::new(OfflineExtractor::new()),
-            embedder: Arc::new(embedder),
+            extractor,
+            embedder,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }

@@ -4,6 +4,7 @@ pub mod memory_bus;
 #[cfg(feature = "local-embedder")]
 pub mod minilm;
 pub mod offline_extractor;
+pub mod openai;
 #[cfg(feature = "qdrant-edge")]
 pub mod qdrant_edge;
 pub mod rabbitmq;

@@ -6,5 +6,6 @@ pub mod bus;
 pub mod doubles;
 pub mod embedder;
 pub mod extractor;
+pub mod fake_openai;
 pub mod memory_store;
 pub mod message_store;
