@@ -37,6 +37,8 @@ pub struct Metrics {
     pub retries_total: IntCounterVec,
     /// Tokens spent on extraction, by kind (`prompt`, `completion`).
     pub llm_tokens_total: IntCounterVec,
+    /// Estimated extraction cost, in US dollars, from the configured price table.
+    pub llm_cost_usd_total: prometheus::Counter,
     /// HTTP requests by route template, method and status.
     pub http_requests_total: IntCounterVec,
     /// HTTP request durations by route template and method.
@@ -88,7 +90,16 @@ impl Metrics {
         registry
             .register(Box::new(last_batch_success_timestamp_seconds.clone()))
             .expect("unique metric");
+        let llm_cost_usd_total = prometheus::Counter::new(
+            "recall_llm_cost_usd_total",
+            "Estimated extraction cost in US dollars, from the configured price table.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(llm_cost_usd_total.clone()))
+            .expect("unique metric");
         Self {
+            llm_cost_usd_total,
             events_total: counter_vec(
                 "recall_events_total",
                 "Message events received, by outcome.",

@@ -353,6 +353,9 @@ impl Engine {
                     .llm_tokens_total
                     .with_label_values(&["completion"])
                     .inc_by(clean.usage.completion_tokens);
+                d.metrics
+                    .llm_cost_usd_total
+                    .inc_by(d.extractor.estimate_cost_usd(&clean.usage));
                 self.retry("message_store", || {
                     d.messages
                         .save_extraction(pair, bid, &cfg.worker_id, &clean)

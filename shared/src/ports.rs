@@ -202,6 +202,10 @@ pub trait Extractor: Send + Sync + 'static {
     async fn extract(&self, request: ExtractionRequest<'_>) -> PortResult<Extraction>;
     /// A label for logs, stats and the batch record (e.g. `offline`).
     fn name(&self) -> String;
+    /// Estimated cost in US dollars of the tokens an extraction used (0 when free).
+    fn estimate_cost_usd(&self, _usage: &crate::domain::TokenUsage) -> f64 {
+        0.0
+    }
 }
 
 /// Turns texts into unit-length vectors.

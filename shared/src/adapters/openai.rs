@@ -96,6 +96,12 @@ pub const ENV_ORG_ID: &str = "OPENAI_ORG_ID";
 pub const ENV_PROJECT_ID: &str = "OPENAI_PROJECT_ID";
 /// Environment variable: the per-request deadline in seconds.
 pub const ENV_TIMEOUT_SECONDS: &str = "OPENAI_TIMEOUT_SECONDS";
+/// Environment variable: US dollars per million prompt tokens of the chat model.
+pub const ENV_PRICE_PROMPT: &str = "OPENAI_PRICE_PROMPT_PER_MTOK";
+/// Environment variable: US dollars per million completion tokens of the chat model.
+pub const ENV_PRICE_COMPLETION: &str = "OPENAI_PRICE_COMPLETION_PER_MTOK";
+/// Environment variable: US dollars per million input tokens of the embedding model.
+pub const ENV_PRICE_EMBEDDING: &str = "OPENAI_PRICE_EMBEDDING_PER_MTOK";
 
 /// Upper bound on the completion, so a runaway generation has a price ceiling.
 const MAX_COMPLETION_TOKENS: u32 = 8192;
@@ -257,6 +263,22 @@ impl OpenAiSettings {
                 .filter(|s: &f64| s.is_finite() && *s > 0.0)
                 .ok_or_else(|| format!("{ENV_TIMEOUT_SECONDS} must be a positive number"))?;
             s.timeout = Duration::from_secs_f64(secs);
+        }
+        for (name, slot) in [
+            (ENV_PRICE_PROMPT, &mut s.prices.prompt_per_million_usd),
+            (
+                ENV_PRICE_COMPLETION,
+                &mut s.prices.completion_per_million_usd,
+            ),
+            (ENV_PRICE_EMBEDDING, &mut s.prices.embedding_per_million_usd),
+        ] {
+            if let Some(v) = var(name) {
+                *slot = v
+                    .parse()
+                    .ok()
+                    .filter(|p: &f64| p.is_finite() && *p >= 0.0)
+                    .ok_or_else(|| format!("{name} must be a non-negative number"))?;
+            }
         }
         Ok(Some(s))
     }
@@ -1005,6 +1027,10 @@ impl Extractor for OpenAiExtractor {
             usage,
             extractor: self.name(),
         })
+    }
+
+    fn estimate_cost_usd(&self, usage: &TokenUsage) -> f64 {
+        estimate_cost_usd(usage, self.prices())
     }
 
     fn name(&self) -> String {
@@ -1977,6 +2003,28 @@ mod tests {
             .is_err()
         );
         assert!(env(&[("OPENAI_API_KEY", "k"), ("OPENAI_TIMEOUT_SECONDS", "0")]).is_err());
+        let priced = env(&[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_PRICE_PROMPT_PER_MTOK", "2"),
+            ("OPENAI_PRICE_COMPLETION_PER_MTOK", "8"),
+            ("OPENAI_PRICE_EMBEDDING_PER_MTOK", "0.1"),
+        ])
+        .unwrap()
+        .unwrap();
+        let usage = TokenUsage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 500_000,
+        };
+        let extractor = OpenAiExtractor::new(&priced).unwrap();
+        assert!((extractor.estimate_cost_usd(&usage) - (2.0 + 4.0)).abs() < 1e-9);
+        assert!((estimate_embedding_cost_usd(2_000_000, &priced.prices) - 0.2).abs() < 1e-9);
+        assert!(
+            env(&[
+                ("OPENAI_API_KEY", "k"),
+                ("OPENAI_PRICE_PROMPT_PER_MTOK", "-1")
+            ])
+            .is_err()
+        );
     }
 
     #[test]
