@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LISTEN="${RECALL_LISTEN:-127.0.0.1:8080}"
 export RECALL_DATA_DIR="${RECALL_DATA_DIR:-./recall-data}"
-export RECALL_MODEL_DIR="${RECALL_MODEL_DIR:-./models/all-MiniLM-L6-v2}"
+# The model is cached (and sha256-checked) in the data folder.
+export RECALL_MODEL_DIR="${RECALL_MODEL_DIR:-$RECALL_DATA_DIR/models/all-MiniLM-L6-v2}"
 BASE="http://$LISTEN"
 
 scripts/fetch-model.sh "$RECALL_MODEL_DIR"

@@ -166,6 +166,7 @@ async fn start_worker_with(
         concurrency,
         sweep_interval: sweep,
         grace: Duration::from_secs(5),
+        ..WorkerConfig::default()
     };
     let (node, consumers) = Node::amqp_worker(
         s.deps(&extractor),

@@ -35,6 +35,7 @@ async fn start(data_dir: &std::path::Path) -> Server {
         batch_retries: 2,
         sweep_seconds: 1,
         grace_seconds: 25,
+        maintenance_seconds: 1,
     };
     let deps = StoreArgs::in_dir(data_dir, model_dir())
         .open()
@@ -271,6 +272,7 @@ async fn openai_compatible_extractor_through_the_pipeline() {
         batch_retries: 1,
         sweep_seconds: 1,
         grace_seconds: 10,
+        maintenance_seconds: 600,
     }
     .workers();
     let node = Node::standalone(deps, engine, workers, Some(KEY.into()));

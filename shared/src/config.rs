@@ -38,6 +38,9 @@ pub struct BatchArgs {
     /// Seconds in-flight batches may take to finish on shutdown.
     #[arg(long, env = "RECALL_GRACE_SECONDS", default_value_t = 25)]
     pub grace_seconds: u64,
+    /// Seconds between housekeeping runs of the memory store (index building, vacuum).
+    #[arg(long, env = "RECALL_MAINTENANCE_SECONDS", default_value_t = 600)]
+    pub maintenance_seconds: u64,
 }
 
 impl BatchArgs {
@@ -76,6 +79,7 @@ impl BatchArgs {
             concurrency: self.batch_concurrency.max(1),
             sweep_interval: Duration::from_secs(self.sweep_seconds.max(1)),
             grace: Duration::from_secs(self.grace_seconds),
+            maintenance_interval: Duration::from_secs(self.maintenance_seconds.max(1)),
         }
     }
 }
@@ -132,16 +136,17 @@ pub struct StoreArgs {
     /// Folder of the SQLite message store and the embedded vector store.
     #[arg(long, env = "RECALL_DATA_DIR", default_value = "./recall-data")]
     pub data_dir: PathBuf,
-    /// Folder of the all-MiniLM-L6-v2 files (scripts/fetch-model.sh fills it).
-    #[arg(
-        long,
-        env = "RECALL_MODEL_DIR",
-        default_value = "./models/all-MiniLM-L6-v2"
-    )]
-    pub model_dir: PathBuf,
+    /// Folder of the all-MiniLM-L6-v2 files, which scripts/fetch-model.sh fills and checks
+    /// (default: `models/all-MiniLM-L6-v2` in the data folder).
+    #[arg(long, env = "RECALL_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
     /// Embedder: `local` (MiniLM) or `openai`; a collection keeps the dimension it was made with.
     #[arg(long, env = "RECALL_EMBEDDER", value_enum, default_value = "local")]
     pub embedder: EmbedderKind,
+    /// Expected vector size of the memory collection; when set, start-up fails unless the
+    /// embedder produces exactly this many dimensions.
+    #[arg(long, env = "QDRANT_VECTOR_SIZE")]
+    pub vector_size: Option<usize>,
 }
 
 impl StoreArgs {
@@ -152,9 +157,17 @@ impl StoreArgs {
             sqlite_path: None,
             memory_store: MemoryStoreKind::Embedded,
             data_dir: data_dir.into(),
-            model_dir: model_dir.into(),
+            model_dir: Some(model_dir.into()),
             embedder: EmbedderKind::Local,
+            vector_size: None,
         }
+    }
+
+    /// Where the local model is read from.
+    pub fn model_dir(&self) -> PathBuf {
+        self.model_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models").join("all-MiniLM-L6-v2"))
     }
 
     /// Opens the configured adapters: message store, memory store, embedder, and the extractor
@@ -200,7 +213,7 @@ impl StoreArgs {
         let openai = OpenAiSettings::from_env().map_err(anyhow::Error::msg)?;
         let embedder: Arc<dyn Embedder> = match self.embedder {
             EmbedderKind::Local => {
-                let model_dir = self.model_dir.clone();
+                let model_dir = self.model_dir();
                 Arc::new(
                     tokio::task::spawn_blocking(move || MiniLmEmbedder::load(&model_dir))
                         .await?
@@ -214,6 +227,17 @@ impl StoreArgs {
                 Arc::new(OpenAiEmbedder::new(settings).context("configuring OpenAI embeddings")?)
             }
         };
+        if let Some(expected) = self.vector_size
+            && expected != embedder.dimension()
+        {
+            anyhow::bail!(
+                "QDRANT_VECTOR_SIZE is {expected} but the embedder {} produces {} dimensions: \
+                 set QDRANT_VECTOR_SIZE={} or choose another embedder",
+                embedder.name(),
+                embedder.dimension(),
+                embedder.dimension()
+            );
+        }
         memories
             .ensure_collection(embedder.dimension())
             .await

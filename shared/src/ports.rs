@@ -182,6 +182,10 @@ pub trait MemoryStore: Send + Sync + 'static {
     async fn delete_user(&self, user: &UserId) -> PortResult<u64>;
     /// Checks the store answers.
     async fn ping(&self) -> PortResult<()>;
+    /// Housekeeping off the hot path (index building, vacuum); nothing by default.
+    async fn maintain(&self) -> PortResult<()> {
+        Ok(())
+    }
 }
 
 /// Input of one extraction: a whole batch plus what is already remembered.

@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub sweep_interval: Duration,
     /// How long in-flight batches may take to finish after shutdown is requested.
     pub grace: Duration,
+    /// How often the memory store gets its housekeeping (index building, vacuum).
+    pub maintenance_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -38,6 +40,7 @@ impl Default for WorkerConfig {
             concurrency: 4,
             sweep_interval: Duration::from_secs(60),
             grace: Duration::from_secs(25),
+            maintenance_interval: Duration::from_secs(600),
         }
     }
 }
@@ -142,6 +145,7 @@ pub async fn run_workers(
     shutdown: CancellationToken,
 ) {
     let threshold = engine.config().rules.threshold as u64;
+    let maintenance_interval = config.maintenance_interval.max(Duration::from_secs(1));
     let counter = Arc::new(Mutex::new(Counter::default()));
     let tracker = TaskTracker::new();
 
@@ -303,7 +307,25 @@ pub async fn run_workers(
         }
     };
 
-    tokio::join!(count_loop, batch_loop, sweep_loop);
+    // Housekeeping of the memory store, off the hot path.
+    let maintenance_loop = {
+        let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(maintenance_interval);
+            tick.tick().await; // not at start-up
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = engine.deps().memories.maintain().await {
+                    tracing::warn!(error = %e, "memory store housekeeping failed");
+                }
+            }
+        }
+    };
+
+    tokio::join!(count_loop, batch_loop, sweep_loop, maintenance_loop);
     tracker.close();
     if tokio::time::timeout(config.grace, tracker.wait())
         .await

@@ -478,6 +478,13 @@ impl MemoryStore for QdrantEdgeStore {
         self.write(move |c| c.delete(filter)).await
     }
 
+    async fn maintain(&self) -> PortResult<()> {
+        if self.inner.current().is_ok() {
+            self.optimize().await?;
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> PortResult<()> {
         let inner = Arc::clone(&self.inner);
         blocking(move || match inner.current() {
