@@ -131,6 +131,14 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn stats(&self, pair: &Pair) -> PortResult<MessageStats>;
     /// Pairs with at least `min_unsynced` unsynced messages, with their counts (for sweeps).
     async fn unsynced_pairs(&self, min_unsynced: u64) -> PortResult<Vec<(Pair, u64)>>;
+    /// Erases a user's batch records and extraction caches, of one character or of all
+    /// (`None`); returns how many batch records were erased. Messages belong to the app and are
+    /// left alone.
+    async fn erase_batches(
+        &self,
+        user: &UserId,
+        character: Option<&crate::domain::CharacterName>,
+    ) -> PortResult<u64>;
     /// Checks the store answers.
     async fn ping(&self) -> PortResult<()>;
 }

@@ -13,7 +13,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::domain::{
-    BatchOutcome, Extraction, Message, MessageId, MessageStats, Pair, Role, TokenUsage,
+    BatchOutcome, CharacterName, Extraction, Message, MessageId, MessageStats, Pair, Role,
+    TokenUsage, UserId,
 };
 use crate::error::{PortError, PortResult};
 use crate::ports::{BatchPlan, Claim, ClaimedBatch, MessageStore, OpenBatch};
@@ -588,6 +589,27 @@ impl MessageStore for SqliteMessageStore {
                     completion_tokens: completion as u64,
                 },
             })
+        })
+        .await
+    }
+
+    async fn erase_batches(
+        &self,
+        user: &UserId,
+        character: Option<&CharacterName>,
+    ) -> PortResult<u64> {
+        let user = user.as_str().to_owned();
+        let character = character.map(|c| c.as_str().to_owned());
+        self.with(move |c| {
+            let n = match &character {
+                Some(ch) => c.execute(
+                    "DELETE FROM batches WHERE user_id = ?1 AND character_name = ?2",
+                    params![user, ch],
+                ),
+                None => c.execute("DELETE FROM batches WHERE user_id = ?1", params![user]),
+            }
+            .map_err(db_err)?;
+            Ok(n as u64)
         })
         .await
     }

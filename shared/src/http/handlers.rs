@@ -313,6 +313,41 @@ pub(crate) async fn enhance_prompt(
     })))
 }
 
+pub(crate) async fn erase_user(
+    State(s): State<AppState>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user =
+        UserId::parse(user).map_err(|e| ApiError::invalid("user_id", format!("user_id {e}")))?;
+    // Memories first: a failure half-way leaves batch records, never orphaned memories.
+    let memories = s.memories.delete_user(&user).await?;
+    let batches = s.messages.erase_batches(&user, None).await?;
+    tracing::info!(memories, batches, "erased a user's memories");
+    Ok(Json(json!({
+        "user_id": user,
+        "memories_deleted": memories,
+        "batches_deleted": batches,
+    })))
+}
+
+pub(crate) async fn erase_pair(
+    State(s): State<AppState>,
+    PairPath(pair): PairPath,
+) -> Result<Json<Value>, ApiError> {
+    let memories = s.memories.delete_pair(&pair).await?;
+    let batches = s
+        .messages
+        .erase_batches(&pair.user_id, Some(&pair.character_name))
+        .await?;
+    tracing::info!(memories, batches, "erased a pair's memories");
+    Ok(Json(json!({
+        "user_id": pair.user_id,
+        "character_name": pair.character_name,
+        "memories_deleted": memories,
+        "batches_deleted": batches,
+    })))
+}
+
 pub(crate) async fn liveness() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }

@@ -9,6 +9,7 @@
 //! | `GET /memory/stats/{user_id}/{character_name}` | message, memory and batch counts |
 //! | `GET /memory/context/{user_id}/{character_name}` | context block within a token budget |
 //! | `POST /memory/enhance-prompt/{user_id}/{character_name}` | system prompt + context |
+//! | `DELETE /memory/{user_id}[/{character_name}]` | erase memories and batch records (GDPR) |
 //! | `GET /memory/health`, `/healthz`, `/readyz` | component status (no auth) |
 //! | `GET /metrics` | Prometheus metrics (no auth; no user data) |
 
@@ -25,7 +26,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
@@ -97,6 +98,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/memory/enhance-prompt/{user_id}/{character_name}",
             post(handlers::enhance_prompt),
+        )
+        .route("/memory/{user_id}", delete(handlers::erase_user))
+        .route(
+            "/memory/{user_id}/{character_name}",
+            delete(handlers::erase_pair),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

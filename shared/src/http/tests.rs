@@ -531,3 +531,43 @@ async fn webhook_takes_its_secret_as_bearer_or_signature() {
         "only the two accepted calls published"
     );
 }
+
+#[tokio::test]
+async fn erasure_deletes_one_pair_or_every_character_of_a_user() {
+    let r = rig(Some("k"));
+    r.memories.ensure_collection(32).await.unwrap();
+    let mut points = Vec::new();
+    for (user, character) in [("alice", "meher"), ("alice", "luna"), ("bob", "meher")] {
+        for i in 0..3 {
+            let text = format!("{user} {character} memory {i}");
+            points.push(MemoryPoint {
+                vector: r.embedder.vector(&text),
+                memory: Memory {
+                    id: uuid::Uuid::new_v4(),
+                    pair: Pair::parse(user, character).unwrap(),
+                    text,
+                    category: Category::Other,
+                    importance: 2,
+                    created_at: chrono::Utc::now(),
+                    event_time: None,
+                    source_message_ids: vec![],
+                    batch_id: "b".into(),
+                    superseded_by: None,
+                },
+            });
+        }
+    }
+    r.memories.upsert(&points).await.unwrap();
+    let (s, v) = call(&r.app, "DELETE", "/memory/alice/meher", None, Some("k")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["memories_deleted"], 3);
+    let (_, v) = call(&r.app, "GET", "/memory/stats/alice/luna", None, Some("k")).await;
+    assert_eq!(v["memories"]["total"], 3, "the other character is kept");
+    let (s, v) = call(&r.app, "DELETE", "/memory/alice", None, Some("k")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["memories_deleted"], 3);
+    let (_, v) = call(&r.app, "GET", "/memory/stats/bob/meher", None, Some("k")).await;
+    assert_eq!(v["memories"]["total"], 3, "other users are untouched");
+    let (s, v) = call(&r.app, "DELETE", "/memory/a%2Fb", None, Some("k")).await;
+    assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "user_id"));
+}

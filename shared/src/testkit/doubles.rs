@@ -369,6 +369,13 @@ impl<S: MessageStore> MessageStore for FlakyFlipStore<S> {
     async fn unsynced_pairs(&self, min: u64) -> PortResult<Vec<(Pair, u64)>> {
         self.inner.unsynced_pairs(min).await
     }
+    async fn erase_batches(
+        &self,
+        user: &UserId,
+        character: Option<&crate::domain::CharacterName>,
+    ) -> PortResult<u64> {
+        self.inner.erase_batches(user, character).await
+    }
     async fn ping(&self) -> PortResult<()> {
         self.inner.ping().await
     }

@@ -86,6 +86,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     complete_flips_once(store).await;
     failure_releases_the_lease(store).await;
     stats_and_sweep(store).await;
+    erasure_removes_batches_only(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -334,4 +335,51 @@ pub async fn stats_and_sweep(store: &dyn MessageStore) {
         !none.iter().any(|(p, _)| *p == pair),
         "min_unsynced is respected"
     );
+}
+
+/// Erasure removes the user's batch records and extraction caches (one character or all) and
+/// nobody else's; the app's messages stay.
+pub async fn erasure_removes_batches_only(store: &dyn MessageStore) {
+    let pair = unique_pair("erase");
+    let other_char = Pair::parse(pair.user_id.as_str(), "luna").unwrap();
+    let other_user = unique_pair("keep");
+    for p in [&pair, &other_char, &other_user] {
+        let msgs = seed(store, p, 25).await;
+        let plan = plan(&msgs);
+        assert!(matches!(
+            store.claim_batch(p, &plan, "w", LEASE).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        store
+            .save_extraction(p, &plan.batch_id, "w", &extraction())
+            .await
+            .unwrap();
+    }
+    let one = store
+        .erase_batches(&pair.user_id, Some(&pair.character_name))
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    assert_eq!(
+        store.open_batch(&pair).await.unwrap(),
+        None,
+        "batch and its extraction gone"
+    );
+    assert!(
+        store.open_batch(&other_char).await.unwrap().is_some(),
+        "other character kept"
+    );
+    let all = store.erase_batches(&pair.user_id, None).await.unwrap();
+    assert_eq!(all, 1, "the remaining character");
+    assert!(store.open_batch(&other_char).await.unwrap().is_none());
+    assert!(
+        store.open_batch(&other_user).await.unwrap().is_some(),
+        "other users untouched"
+    );
+    assert_eq!(
+        store.count_unsynced(&pair).await.unwrap(),
+        25,
+        "messages are the app's"
+    );
+    assert_eq!(store.erase_batches(&pair.user_id, None).await.unwrap(), 0);
 }
