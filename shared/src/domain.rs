@@ -126,14 +126,19 @@ impl Pair {
         })
     }
 
-    /// A short, stable, non-reversible hash of the pair for logs and shard routing.
-    pub fn hash_hex(&self) -> String {
+    /// SHA-256 of `user_id`, a zero byte and `character_name`: stable across processes.
+    pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(self.user_id.as_str());
         h.update([0u8]);
         h.update(self.character_name.as_str());
-        hex::encode(&h.finalize()[..6])
+        h.finalize().into()
+    }
+
+    /// A short, stable, non-reversible hash of the pair for logs.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(&self.digest()[..6])
     }
 }
 

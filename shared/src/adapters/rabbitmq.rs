@@ -69,7 +69,6 @@ use lapin::{
     ExchangeKind,
 };
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -216,11 +215,7 @@ fn redact_url(url: &str) -> String {
 /// The shard (0..`shards`) of a pair: the first 8 bytes of SHA-256(user_id, 0, character_name),
 /// big-endian, modulo `shards`. Stable across processes and releases.
 pub fn shard_of(pair: &Pair, shards: u16) -> u16 {
-    let mut h = Sha256::new();
-    h.update(pair.user_id.as_str());
-    h.update([0u8]);
-    h.update(pair.character_name.as_str());
-    let digest = h.finalize();
+    let digest = pair.digest();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     // The remainder is below `shards`, so it fits in a u16.

@@ -416,22 +416,10 @@ pub fn default_embeddings_reply(request: &Value) -> Value {
 
 /// A deterministic unit vector of `dims` values derived from a SHA-256 of `text`.
 pub fn fake_embedding(text: &str, dims: usize) -> Vec<f32> {
-    let digest = Sha256::digest(text.as_bytes());
-    let mut state = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-    let mut v: Vec<f32> = (0..dims)
-        .map(|_| {
-            // splitmix64
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
+    if dims == 0 {
+        return Vec::new();
     }
-    v
+    let digest = Sha256::digest(text.as_bytes());
+    let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    crate::testkit::memory_store::unit_vector(dims, seed)
 }
