@@ -147,6 +147,47 @@ pub struct StoreArgs {
     /// embedder produces exactly this many dimensions.
     #[arg(long, env = "QDRANT_VECTOR_SIZE")]
     pub vector_size: Option<usize>,
+    /// Firestore settings (with `RECALL_MESSAGE_STORE=firestore`).
+    #[command(flatten)]
+    pub firestore: FirestoreArgs,
+}
+
+/// Where the Firestore message store lives. Credentials come from the environment: the
+/// emulator when `FIRESTORE_EMULATOR_HOST` is set, else application default credentials
+/// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's, or the metadata server).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FirestoreArgs {
+    /// Google Cloud project of the Firestore database.
+    #[arg(long, env = "FIRESTORE_PROJECT_ID")]
+    pub firestore_project_id: Option<String>,
+    /// Database id within the project.
+    #[arg(long, env = "FIRESTORE_DATABASE_ID", default_value = "(default)")]
+    pub firestore_database_id: String,
+    /// Path template of the messages collection; `{user_id}` and `{character_name}` are whole
+    /// document ids. Batch records live beside it, under the same parent document.
+    #[arg(
+        long,
+        env = "RECALL_FIRESTORE_MESSAGES_PATH",
+        default_value = DEFAULT_MESSAGES_PATH
+    )]
+    pub firestore_messages_path: String,
+    /// Per-request timeout, in seconds.
+    #[arg(long, env = "RECALL_FIRESTORE_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub firestore_timeout_seconds: u64,
+}
+
+/// The default Firestore layout of the companion app's messages.
+pub const DEFAULT_MESSAGES_PATH: &str = "users/{user_id}/characters/{character_name}/messages";
+
+impl Default for FirestoreArgs {
+    fn default() -> Self {
+        Self {
+            firestore_project_id: None,
+            firestore_database_id: "(default)".into(),
+            firestore_messages_path: DEFAULT_MESSAGES_PATH.into(),
+            firestore_timeout_seconds: 30,
+        }
+    }
 }
 
 impl StoreArgs {
@@ -160,6 +201,7 @@ impl StoreArgs {
             model_dir: Some(model_dir.into()),
             embedder: EmbedderKind::Local,
             vector_size: None,
+            firestore: FirestoreArgs::default(),
         }
     }
 
@@ -189,19 +231,31 @@ impl StoreArgs {
 
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
-        let messages = match self.message_store {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let messages: Arc<dyn crate::ports::MessageStore> = match self.message_store {
             MessageStoreKind::Sqlite => {
                 let path = self
                     .sqlite_path
                     .clone()
                     .unwrap_or_else(|| self.data_dir.join("messages.sqlite3"));
-                SqliteMessageStore::open(&path).with_context(|| {
+                Arc::new(SqliteMessageStore::open(&path).with_context(|| {
                     format!("opening the SQLite message store {}", path.display())
-                })?
+                })?)
             }
-            MessageStoreKind::Firestore => {
-                anyhow::bail!("RECALL_MESSAGE_STORE=firestore is not available in this version")
-            }
+            #[cfg(feature = "firestore")]
+            MessageStoreKind::Firestore => Arc::new(
+                crate::adapters::firestore::FirestoreMessageStore::connect(
+                    &self.firestore,
+                    &metrics,
+                )
+                .await
+                .context("connecting to Firestore")?,
+            ),
+            #[cfg(not(feature = "firestore"))]
+            MessageStoreKind::Firestore => anyhow::bail!(
+                "RECALL_MESSAGE_STORE=firestore needs a build with the `firestore` feature \
+                 (cargo build --release --features firestore)"
+            ),
         };
         let memories = match self.memory_store {
             MemoryStoreKind::Embedded => QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
@@ -264,11 +318,11 @@ impl StoreArgs {
             );
         }
         Ok(crate::pipeline::Deps {
-            messages: Arc::new(messages),
+            messages,
             memories: Arc::new(memories),
             extractor,
             embedder,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         })
     }
 }

@@ -351,6 +351,9 @@ pub struct BatchOutcome {
     pub stage_millis: Vec<(String, u64)>,
 }
 
+/// Longest message text kept, in characters (longer texts are refused or truncated).
+pub const MAX_MESSAGE_CHARS: usize = 64 * 1024;
+
 /// Per-pair statistics served by `/memory/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageStats {

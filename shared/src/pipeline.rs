@@ -16,7 +16,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::batching::{BatchRules, batch_id, memory_id};
+use crate::batching::{BatchRules, Due, batch_id, memory_id};
 use crate::domain::{BatchOutcome, Extraction, Memory, MessageId, Pair};
 use crate::error::{PortError, PortResult};
 use crate::metrics::Metrics;
@@ -217,11 +217,21 @@ impl Engine {
     }
 
     /// Runs batches for the pair until it is no longer due (or another worker holds it).
+    ///
+    /// A batch smaller than `max_messages` took everything unsynced when it was planned, so it
+    /// ends the run: messages that arrived since are announced by their own events (and the
+    /// sweep), and re-listing a half-filled pair here would only read them twice.
     pub async fn run_until_idle(&self, pair: &Pair) -> Result<Vec<BatchReport>, BatchError> {
         let mut done = Vec::new();
         loop {
             match self.run_once(pair).await? {
-                BatchResult::Completed(r) => done.push(r),
+                BatchResult::Completed(r) => {
+                    let full = r.messages_synced >= self.config.rules.max_messages as u64;
+                    done.push(r);
+                    if !full {
+                        return Ok(done);
+                    }
+                }
                 BatchResult::NotDue | BatchResult::Busy => return Ok(done),
             }
         }
@@ -295,6 +305,25 @@ impl Engine {
                 batch_id: open.batch_id,
                 messages,
             }));
+        }
+        // Count first (one read in Firestore): a pair that is not due costs no listing.
+        let rules = &self.config.rules;
+        let count = self
+            .retry("message_store", || store.count_unsynced(pair))
+            .await
+            .map_err(claim_err)?;
+        if count < rules.threshold as u64 {
+            if count < rules.idle_min_messages as u64 {
+                return Ok(Planned::NotDue);
+            }
+            let newest = self
+                .retry("message_store", || store.recent_unsynced(pair, 1))
+                .await
+                .map_err(claim_err)?;
+            let newest = newest.last().map(|m| m.created_at);
+            if rules.due(count as usize, newest, Utc::now()) == Due::NotDue {
+                return Ok(Planned::NotDue);
+            }
         }
         let unsynced = self
             .retry("message_store", || {
@@ -630,9 +659,7 @@ mod tests {
 
     use super::*;
     use crate::adapters::sqlite::SqliteMessageStore;
-    use crate::testkit::doubles::{
-        EchoExtractor, FlakyFlipStore, HashEmbedder, InMemoryMemoryStore,
-    };
+    use crate::testkit::doubles::{EchoExtractor, FlakyFlipStore, InMemoryMemoryStore};
     use crate::testkit::message_store::{message, unique_pair};
 
     struct Rig {
@@ -656,30 +683,17 @@ mod tests {
         store: FlakyFlipStore<SqliteMessageStore>,
         memories: InMemoryMemoryStore,
     ) -> Rig {
-        let extractor = EchoExtractor::default();
-        let metrics = Arc::new(Metrics::new());
-        let deps = Deps {
-            messages: Arc::new(store.clone()),
-            memories: Arc::new(memories.clone()),
-            extractor: Arc::new(extractor.clone()),
-            embedder: Arc::new(HashEmbedder::new(64)),
-            metrics: metrics.clone(),
-        };
-        let config = EngineConfig {
-            worker_id: worker.into(),
-            retry: RetryPolicy {
-                retries: 2,
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(5),
-            },
-            ..Default::default()
-        };
+        let r = crate::testkit::scenarios::rig(
+            worker,
+            Arc::new(store.clone()),
+            Arc::new(memories.clone()),
+        );
         Rig {
-            engine: Engine::new(deps, config),
+            engine: r.engine,
             store,
             memories,
-            extractor,
-            metrics,
+            extractor: r.extractor,
+            metrics: r.metrics,
         }
     }
 
@@ -774,79 +788,25 @@ mod tests {
 
     #[tokio::test]
     async fn crash_between_vector_write_and_flip_reuses_extraction_without_duplicates() {
-        let r = rig("w1");
-        let pair = unique_pair("flip");
-        seed(&r.store, &pair, 30).await;
-        // More failures than retries: the flip fails for good on the first run.
-        r.store
-            .flip_faults
-            .fail_next(3, PortError::unavailable("sqlite", "disk gone"));
-        let err = r.engine.run_once(&pair).await.unwrap_err();
-        assert_eq!(err.stage, Stage::Flip);
-        let stored = r.memories.count(&pair, true).await.unwrap();
-        assert_eq!(stored, 15, "memories were written before the flip failed");
-        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 30);
-        // Another worker picks it up: same batch, extraction reused, same memory ids.
-        let other = rig_sharing("w2", r.store.clone(), r.memories.clone());
-        let reports = other.engine.run_until_idle(&pair).await.unwrap();
-        assert_eq!(reports.len(), 1);
-        assert!(reports[0].reused_extraction);
-        assert_eq!(
-            other.extractor.calls.load(Ordering::SeqCst),
-            0,
-            "the LLM is not paid twice"
-        );
-        assert_eq!(
-            r.memories.count(&pair, true).await.unwrap(),
-            stored,
-            "no duplicate"
-        );
-        assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
+        crate::testkit::scenarios::crash_before_flip(FlakyFlipStore::new(
+            SqliteMessageStore::in_memory().unwrap(),
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn takeover_after_lease_expiry_reuses_extraction() {
+        crate::testkit::scenarios::takeover_after_lease_expiry(Arc::new(
+            SqliteMessageStore::in_memory().unwrap(),
+        ))
+        .await;
     }
 
     #[tokio::test]
     async fn racing_workers_extract_each_batch_once() {
-        let store = FlakyFlipStore::new(SqliteMessageStore::in_memory().unwrap());
-        let memories = InMemoryMemoryStore::default();
-        let rigs: Vec<Rig> = (0..4)
-            .map(|i| rig_sharing(&format!("w{i}"), store.clone(), memories.clone()))
-            .collect();
-        let pairs: Vec<Pair> = (0..6).map(|_| unique_pair("race")).collect();
-        for p in &pairs {
-            seed(&store, p, 60).await;
-        }
-        let mut tasks = Vec::new();
-        for r in &rigs {
-            for p in &pairs {
-                let (e, p) = (r.engine.clone(), p.clone());
-                tasks.push(tokio::spawn(async move { e.run_until_idle(&p).await }));
-            }
-        }
-        let mut batches = 0;
-        for t in tasks {
-            batches += t.await.unwrap().unwrap().len();
-        }
-        // Some racers saw the pair busy and stopped: sweep once more sequentially.
-        for p in &pairs {
-            batches += rigs[0].engine.run_until_idle(p).await.unwrap().len();
-        }
-        let calls: usize = rigs
-            .iter()
-            .map(|r| r.extractor.calls.load(Ordering::SeqCst))
-            .sum();
-        assert_eq!(
-            calls, batches,
-            "every extraction belongs to exactly one completed batch"
-        );
-        // 60 old messages per pair: a full batch of 50, then 10 stragglers idle for long enough.
-        assert_eq!(batches, 12);
-        for p in &pairs {
-            assert_eq!(store.count_unsynced(p).await.unwrap(), 0);
-            assert_eq!(
-                memories.count(p, true).await.unwrap(),
-                30,
-                "one memory per user message"
-            );
-        }
+        crate::testkit::scenarios::racing_workers(Arc::new(
+            SqliteMessageStore::in_memory().unwrap(),
+        ))
+        .await;
     }
 }

@@ -1,5 +1,7 @@
 //! Adapters: each real system behind its port, one module per adapter.
 
+#[cfg(feature = "firestore")]
+pub mod firestore;
 pub mod memory_bus;
 #[cfg(feature = "local-embedder")]
 pub mod minilm;

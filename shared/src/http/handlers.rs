@@ -19,7 +19,7 @@ use crate::ports::{MessageEvent, SearchQuery};
 /// Longest search query or context message, in characters.
 const MAX_QUERY_CHARS: usize = 2000;
 /// Longest stored message, in characters.
-const MAX_MESSAGE_CHARS: usize = 64 * 1024;
+use crate::domain::MAX_MESSAGE_CHARS;
 /// Longest channel name.
 const MAX_CHANNEL_CHARS: usize = 32;
 /// Memories considered for a context block.

@@ -9,3 +9,4 @@ pub mod extractor;
 pub mod fake_openai;
 pub mod memory_store;
 pub mod message_store;
+pub mod scenarios;
