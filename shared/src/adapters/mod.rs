@@ -1,6 +1,8 @@
 //! Adapters: each real system behind its port, one module per adapter.
 
 pub mod memory_bus;
+#[cfg(any(feature = "qdrant-edge", feature = "qdrant"))]
+mod memory_payload;
 #[cfg(feature = "local-embedder")]
 pub mod minilm;
 pub mod offline_extractor;
