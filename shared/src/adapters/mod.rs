@@ -7,6 +7,8 @@ mod memory_payload;
 pub mod minilm;
 pub mod offline_extractor;
 pub mod openai;
+#[cfg(feature = "qdrant")]
+pub mod qdrant;
 #[cfg(feature = "qdrant-edge")]
 pub mod qdrant_edge;
 pub mod rabbitmq;
