@@ -147,6 +147,66 @@ pub struct StoreArgs {
     /// embedder produces exactly this many dimensions.
     #[arg(long, env = "QDRANT_VECTOR_SIZE")]
     pub vector_size: Option<usize>,
+    /// The Qdrant server, when `RECALL_MEMORY_STORE=qdrant`.
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
+}
+
+/// The Qdrant server memory store (`RECALL_MEMORY_STORE=qdrant`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct QdrantArgs {
+    /// gRPC URL of the Qdrant server; `https://` uses TLS. No port, or the REST port 6333, means
+    /// the gRPC port 6334.
+    #[arg(long, env = "QDRANT_URL", default_value = "http://localhost:6334")]
+    pub qdrant_url: String,
+    /// API key of the Qdrant server (sent as the `api-key` header).
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Collection holding every memory (created at start-up when missing, never recreated).
+    #[arg(long, env = "QDRANT_COLLECTION_NAME", default_value = "chat_memory")]
+    pub qdrant_collection_name: String,
+    /// Seconds allowed to connect to Qdrant, and for each request.
+    #[arg(long, env = "QDRANT_CONNECTION_TIMEOUT", default_value_t = 30)]
+    pub qdrant_connection_timeout: u64,
+}
+
+impl Default for QdrantArgs {
+    fn default() -> Self {
+        Self {
+            qdrant_url: "http://localhost:6334".into(),
+            qdrant_api_key: None,
+            qdrant_collection_name: "chat_memory".into(),
+            qdrant_connection_timeout: 30,
+        }
+    }
+}
+
+impl QdrantArgs {
+    /// The Qdrant server store; it connects on first use.
+    pub fn open(&self) -> anyhow::Result<std::sync::Arc<dyn crate::ports::MemoryStore>> {
+        #[cfg(feature = "qdrant")]
+        {
+            use crate::adapters::qdrant::{QdrantSettings, QdrantStore};
+            let settings = QdrantSettings::new(
+                &self.qdrant_url,
+                self.qdrant_api_key.clone(),
+                &self.qdrant_collection_name,
+                self.qdrant_connection_timeout,
+            )
+            .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                url = %settings.url,
+                collection = %settings.collection,
+                "memory store: Qdrant server"
+            );
+            Ok(std::sync::Arc::new(QdrantStore::new(settings)?))
+        }
+        #[cfg(not(feature = "qdrant"))]
+        anyhow::bail!(
+            "RECALL_MEMORY_STORE=qdrant needs a build with the `qdrant` feature \
+             (cargo build --features qdrant)"
+        )
+    }
 }
 
 impl StoreArgs {
@@ -160,6 +220,7 @@ impl StoreArgs {
             model_dir: Some(model_dir.into()),
             embedder: EmbedderKind::Local,
             vector_size: None,
+            qdrant: QdrantArgs::default(),
         }
     }
 
@@ -168,6 +229,20 @@ impl StoreArgs {
         self.model_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("models").join("all-MiniLM-L6-v2"))
+    }
+
+    /// Opens the configured memory store, without preparing its collection (which
+    /// [`StoreArgs::open`] does with the embedder's dimension).
+    #[cfg(feature = "embedded")]
+    pub fn open_memories(&self) -> anyhow::Result<std::sync::Arc<dyn crate::ports::MemoryStore>> {
+        use anyhow::Context;
+        match self.memory_store {
+            MemoryStoreKind::Embedded => Ok(std::sync::Arc::new(
+                crate::adapters::qdrant_edge::QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
+                    .context("opening the embedded Qdrant Edge store")?,
+            )),
+            MemoryStoreKind::Qdrant => self.qdrant.open(),
+        }
     }
 
     /// Opens the configured adapters: message store, memory store, embedder, and the extractor
@@ -182,10 +257,9 @@ impl StoreArgs {
             minilm::MiniLmEmbedder,
             offline_extractor::OfflineExtractor,
             openai::{OpenAiEmbedder, OpenAiExtractor, OpenAiSettings},
-            qdrant_edge::QdrantEdgeStore,
             sqlite::SqliteMessageStore,
         };
-        use crate::ports::{Embedder, Extractor, MemoryStore};
+        use crate::ports::{Embedder, Extractor};
 
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
@@ -203,13 +277,7 @@ impl StoreArgs {
                 anyhow::bail!("RECALL_MESSAGE_STORE=firestore is not available in this version")
             }
         };
-        let memories = match self.memory_store {
-            MemoryStoreKind::Embedded => QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
-                .context("opening the embedded Qdrant Edge store")?,
-            MemoryStoreKind::Qdrant => {
-                anyhow::bail!("RECALL_MEMORY_STORE=qdrant is not available in this version")
-            }
-        };
+        let memories = self.open_memories()?;
         let openai = OpenAiSettings::from_env().map_err(anyhow::Error::msg)?;
         let embedder: Arc<dyn Embedder> = match self.embedder {
             EmbedderKind::Local => {
@@ -265,7 +333,7 @@ impl StoreArgs {
         }
         Ok(crate::pipeline::Deps {
             messages: Arc::new(messages),
-            memories: Arc::new(memories),
+            memories,
             extractor,
             embedder,
             metrics: Arc::new(crate::metrics::Metrics::new()),

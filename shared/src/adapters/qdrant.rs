@@ -1782,6 +1782,53 @@ mod tests {
         store.delete_collection().await.unwrap();
     }
 
+    #[cfg(feature = "qdrant-edge")]
+    #[tokio::test]
+    async fn embedded_export_imports_into_the_server() {
+        use crate::portability::{export_jsonl, import_jsonl};
+        let Some(server) = server_store("import").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let edge = crate::adapters::qdrant_edge::QdrantEdgeStore::open(dir.path()).unwrap();
+        edge.ensure_collection(DIM).await.unwrap();
+        let a = contract::fresh_pair("import", "meher");
+        let b = Pair::new(a.user_id.clone(), CharacterName::parse("arjun").unwrap());
+        let mut points: Vec<MemoryPoint> = (0..40_u64)
+            .map(|i| MemoryPoint {
+                memory: memory(if i % 2 == 0 { &a } else { &b }, i, "b1"),
+                vector: unit_vector(DIM, i),
+            })
+            .collect();
+        points[0].memory.superseded_by = Some(points[2].memory.id);
+        edge.upsert(&points).await.unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            export_jsonl(&edge, &a.user_id, None, &mut out)
+                .await
+                .unwrap(),
+            40
+        );
+        assert_eq!(import_jsonl(&server, out.as_slice()).await.unwrap(), 40);
+        let (from, to) = (
+            edge.export(&a.user_id, None).await.unwrap(),
+            server.export(&a.user_id, None).await.unwrap(),
+        );
+        assert_eq!(
+            from.iter().map(|p| &p.memory).collect::<Vec<_>>(),
+            to.iter().map(|p| &p.memory).collect::<Vec<_>>()
+        );
+        for (f, t) in from.iter().zip(&to) {
+            assert!(
+                f.vector
+                    .iter()
+                    .zip(&t.vector)
+                    .all(|(x, y)| (x - y).abs() < 1e-4)
+            );
+        }
+        server.delete_collection().await.unwrap();
+    }
+
     #[tokio::test]
     async fn server_collection_has_the_configured_indexes() {
         let Some(store) = server_store("indexes").await else {
