@@ -1066,6 +1066,9 @@ fn status_error(
 }
 
 #[cfg(test)]
+mod fake;
+
+#[cfg(test)]
 mod tests {
     use qdrant_client::qdrant::{
         CollectionConfig, CollectionParams, PayloadSchemaInfo, value::Kind, vector,
@@ -1741,6 +1744,206 @@ mod tests {
         assert!(matches!(
             store.search(&q).await,
             Err(PortError::Rejected { .. })
+        ));
+    }
+
+    /// A store on a fresh scripted fake server (with API key `k`).
+    async fn fake_store() -> (super::fake::Fake, QdrantStore) {
+        let fake = super::fake::Fake::default();
+        let url = fake.start().await;
+        let settings = QdrantSettings::new(&url, Some("k".into()), "chat_memory", 5).unwrap();
+        (fake, QdrantStore::new(settings).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bootstrap_over_grpc_creates_once_then_only_checks() {
+        use super::fake::Call;
+        let (fake, store) = fake_store().await;
+        let r = requests();
+        store.ensure_collection(DIM).await.unwrap();
+        let mut want = vec![
+            Call::Get(r.collection_info()),
+            Call::Create(r.create_collection(DIM)),
+            Call::Get(r.collection_info()),
+        ];
+        want.extend(
+            INDEXED_FIELDS
+                .iter()
+                .map(|f| Call::CreateIndex(r.field_index(f))),
+        );
+        assert_eq!(fake.take_calls(), want, "what the server received");
+        assert!(
+            fake.state()
+                .api_keys
+                .iter()
+                .all(|k| k.as_deref() == Some("k")),
+            "the API key goes with every request"
+        );
+
+        // Another process starting later: one read, nothing created.
+        let again = QdrantStore::new(store.settings().clone()).unwrap();
+        again.ensure_collection(DIM).await.unwrap();
+        assert_eq!(fake.take_calls(), vec![Call::Get(r.collection_info())]);
+        // Another embedder: a clear error, and the collection is left alone.
+        match again.ensure_collection(DIM * 2).await {
+            Err(PortError::Rejected { message, .. }) => {
+                assert!(message.contains("size 8"), "{message}");
+                assert!(message.contains("produces 16"), "{message}");
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(fake.take_calls(), vec![Call::Get(r.collection_info())]);
+        // A collection that lost an index gets it back, and only it.
+        fake.state()
+            .collection
+            .as_mut()
+            .unwrap()
+            .payload_schema
+            .remove("category");
+        again.ensure_collection(DIM).await.unwrap();
+        assert_eq!(
+            fake.take_calls(),
+            vec![
+                Call::Get(r.collection_info()),
+                Call::CreateIndex(r.field_index("category"))
+            ]
+        );
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn calls_go_over_grpc_exactly_as_built() {
+        use super::fake::Call;
+        let (fake, store) = fake_store().await;
+        store.ensure_collection(DIM).await.unwrap();
+        fake.take_calls();
+        let r = requests();
+        let p = pair("u_1", "meher");
+        let point = MemoryPoint {
+            memory: memory(&p, 1, "b1"),
+            vector: unit_vector(DIM, 1),
+        };
+        store.upsert(std::slice::from_ref(&point)).await.unwrap();
+        assert_eq!(
+            fake.take_calls(),
+            vec![Call::Upsert(
+                r.upsert(std::slice::from_ref(&point)).unwrap()
+            )]
+        );
+
+        // Deletes count first, and send nothing when there is nothing to delete.
+        fake.state().count = 0;
+        assert_eq!(store.delete_pair(&p).await.unwrap(), 0);
+        let scope = Scope::pair(&p, PairOp::DeletePair);
+        assert_eq!(fake.take_calls(), vec![Call::Count(r.count(&scope))]);
+        fake.state().count = 3;
+        assert_eq!(store.delete_pair(&p).await.unwrap(), 3);
+        assert_eq!(
+            fake.take_calls(),
+            vec![Call::Count(r.count(&scope)), Call::Delete(r.delete(&scope))]
+        );
+        let ids = [point.memory.id];
+        let by = Uuid::from_u128(9);
+        assert_eq!(store.set_superseded(&p, &ids, by).await.unwrap(), 3);
+        let scope = Scope::pair(&p, PairOp::Supersede { ids: &ids });
+        assert_eq!(
+            fake.take_calls(),
+            vec![
+                Call::Count(r.count(&scope)),
+                Call::SetPayload(r.set_superseded(&scope, by))
+            ]
+        );
+
+        // Search: the request as built, the hit decoded back into the memory.
+        let stored = point_struct(&point).unwrap();
+        fake.state().hits = vec![qdrant_client::qdrant::ScoredPoint {
+            id: stored.id.clone(),
+            payload: stored.payload.clone(),
+            score: 0.75,
+            ..Default::default()
+        }];
+        let q = SearchQuery {
+            pair: p.clone(),
+            vector: unit_vector(DIM, 2),
+            limit: 5,
+            score_threshold: None,
+            include_superseded: false,
+        };
+        let hits = store.search(&q).await.unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].memory, point.memory);
+        assert_eq!(hits[0].score, 0.75);
+        assert_eq!(fake.take_calls(), vec![Call::Query(r.query(&q, 5))]);
+        // A server that answered with another pair's memory is caught, not passed on.
+        let q_other = SearchQuery {
+            pair: pair("u_2", "meher"),
+            ..q.clone()
+        };
+        assert!(matches!(
+            store.search(&q_other).await,
+            Err(PortError::InvalidOutput { .. })
+        ));
+
+        // Export scrolls with vectors and rebuilds the points.
+        fake.state().records = vec![qdrant_client::qdrant::RetrievedPoint {
+            id: stored.id,
+            payload: stored.payload,
+            vectors: Some(VectorsOutput {
+                vectors_options: Some(vectors_output::VectorsOptions::Vector(
+                    qdrant_client::qdrant::VectorOutput {
+                        vector: Some(vector_output::Vector::Dense(DenseVector {
+                            data: point.vector.clone(),
+                        })),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            ..Default::default()
+        }];
+        fake.take_calls();
+        assert_eq!(store.export(&p.user_id, None).await.unwrap(), vec![point]);
+        assert_eq!(
+            fake.take_calls(),
+            vec![Call::Scroll(r.scroll(&Scope::user(&p.user_id), None, true))]
+        );
+    }
+
+    #[tokio::test]
+    async fn server_statuses_reach_the_pipeline_classified() {
+        use tonic::{Code, Status};
+        let (fake, store) = fake_store().await;
+        store.ensure_collection(DIM).await.unwrap();
+        let p = pair("u_1", "meher");
+        fake.state().fail = Some(Status::unauthenticated("Invalid api-key"));
+        match store.count(&p, true).await {
+            Err(e @ PortError::Rejected { .. }) => {
+                assert!(e.to_string().contains("QDRANT_API_KEY"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        fake.state().fail = Some(Status::not_found("Collection `chat_memory` doesn't exist!"));
+        match store.delete_pair(&p).await {
+            Err(e @ PortError::Rejected { .. }) => {
+                assert!(e.to_string().contains("QDRANT_COLLECTION_NAME"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut busy = Status::new(Code::ResourceExhausted, "rate limited");
+        busy.metadata_mut()
+            .insert("retry-after", "2".parse().unwrap());
+        fake.state().fail = Some(busy);
+        let e = store.count(&p, true).await.unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        fake.state().fail = Some(Status::unavailable("shutting down"));
+        assert!(matches!(
+            store
+                .upsert(&[MemoryPoint {
+                    memory: memory(&p, 1, "b"),
+                    vector: unit_vector(DIM, 1),
+                }])
+                .await,
+            Err(PortError::Unavailable { .. })
         ));
     }
 
