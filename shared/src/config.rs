@@ -150,6 +150,9 @@ pub struct StoreArgs {
     /// Firestore settings (with `RECALL_MESSAGE_STORE=firestore`).
     #[command(flatten)]
     pub firestore: FirestoreArgs,
+    /// The Qdrant server, when `RECALL_MEMORY_STORE=qdrant`.
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
 }
 
 /// Where the Firestore message store lives. Credentials come from the environment: the
@@ -190,6 +193,63 @@ impl Default for FirestoreArgs {
     }
 }
 
+/// The Qdrant server memory store (`RECALL_MEMORY_STORE=qdrant`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct QdrantArgs {
+    /// gRPC URL of the Qdrant server; `https://` uses TLS. No port, or the REST port 6333, means
+    /// the gRPC port 6334.
+    #[arg(long, env = "QDRANT_URL", default_value = "http://localhost:6334")]
+    pub qdrant_url: String,
+    /// API key of the Qdrant server (sent as the `api-key` header).
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<String>,
+    /// Collection holding every memory (created at start-up when missing, never recreated).
+    #[arg(long, env = "QDRANT_COLLECTION_NAME", default_value = "chat_memory")]
+    pub qdrant_collection_name: String,
+    /// Seconds allowed to connect to Qdrant, and for each request.
+    #[arg(long, env = "QDRANT_CONNECTION_TIMEOUT", default_value_t = 30)]
+    pub qdrant_connection_timeout: u64,
+}
+
+impl Default for QdrantArgs {
+    fn default() -> Self {
+        Self {
+            qdrant_url: "http://localhost:6334".into(),
+            qdrant_api_key: None,
+            qdrant_collection_name: "chat_memory".into(),
+            qdrant_connection_timeout: 30,
+        }
+    }
+}
+
+impl QdrantArgs {
+    /// The Qdrant server store; it connects on first use.
+    pub fn open(&self) -> anyhow::Result<std::sync::Arc<dyn crate::ports::MemoryStore>> {
+        #[cfg(feature = "qdrant")]
+        {
+            use crate::adapters::qdrant::{QdrantSettings, QdrantStore};
+            let settings = QdrantSettings::new(
+                &self.qdrant_url,
+                self.qdrant_api_key.clone(),
+                &self.qdrant_collection_name,
+                self.qdrant_connection_timeout,
+            )
+            .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                url = %settings.url,
+                collection = %settings.collection,
+                "memory store: Qdrant server"
+            );
+            Ok(std::sync::Arc::new(QdrantStore::new(settings)?))
+        }
+        #[cfg(not(feature = "qdrant"))]
+        anyhow::bail!(
+            "RECALL_MEMORY_STORE=qdrant needs a build with the `qdrant` feature \
+             (cargo build --features qdrant)"
+        )
+    }
+}
+
 impl StoreArgs {
     /// Defaults for a data folder (used by tests and tools).
     pub fn in_dir(data_dir: impl Into<PathBuf>, model_dir: impl Into<PathBuf>) -> Self {
@@ -202,6 +262,7 @@ impl StoreArgs {
             embedder: EmbedderKind::Local,
             vector_size: None,
             firestore: FirestoreArgs::default(),
+            qdrant: QdrantArgs::default(),
         }
     }
 
@@ -210,6 +271,20 @@ impl StoreArgs {
         self.model_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("models").join("all-MiniLM-L6-v2"))
+    }
+
+    /// Opens the configured memory store, without preparing its collection (which
+    /// [`StoreArgs::open`] does with the embedder's dimension).
+    #[cfg(feature = "embedded")]
+    pub fn open_memories(&self) -> anyhow::Result<std::sync::Arc<dyn crate::ports::MemoryStore>> {
+        use anyhow::Context;
+        match self.memory_store {
+            MemoryStoreKind::Embedded => Ok(std::sync::Arc::new(
+                crate::adapters::qdrant_edge::QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
+                    .context("opening the embedded Qdrant Edge store")?,
+            )),
+            MemoryStoreKind::Qdrant => self.qdrant.open(),
+        }
     }
 
     /// Opens the configured adapters: message store, memory store, embedder, and the extractor
@@ -224,10 +299,9 @@ impl StoreArgs {
             minilm::MiniLmEmbedder,
             offline_extractor::OfflineExtractor,
             openai::{OpenAiEmbedder, OpenAiExtractor, OpenAiSettings},
-            qdrant_edge::QdrantEdgeStore,
             sqlite::SqliteMessageStore,
         };
-        use crate::ports::{Embedder, Extractor, MemoryStore};
+        use crate::ports::{Embedder, Extractor};
 
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
@@ -257,13 +331,7 @@ impl StoreArgs {
                  (cargo build --release --features firestore)"
             ),
         };
-        let memories = match self.memory_store {
-            MemoryStoreKind::Embedded => QdrantEdgeStore::open(&self.data_dir.join("qdrant"))
-                .context("opening the embedded Qdrant Edge store")?,
-            MemoryStoreKind::Qdrant => {
-                anyhow::bail!("RECALL_MEMORY_STORE=qdrant is not available in this version")
-            }
-        };
+        let memories = self.open_memories()?;
         let openai = OpenAiSettings::from_env().map_err(anyhow::Error::msg)?;
         let embedder: Arc<dyn Embedder> = match self.embedder {
             EmbedderKind::Local => {
@@ -319,7 +387,7 @@ impl StoreArgs {
         }
         Ok(crate::pipeline::Deps {
             messages,
-            memories: Arc::new(memories),
+            memories,
             extractor,
             embedder,
             metrics,

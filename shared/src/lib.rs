@@ -14,6 +14,7 @@
 //! - [`http`]: the axum router shared by the publisher and standalone mode.
 //! - [`adapters`]: the real systems behind the ports.
 //! - [`config`]: settings from flags and environment.
+//! - [`portability`]: export and import of a user's memories as JSON lines.
 //! - [`metrics`]: Prometheus metrics.
 //! - `testkit` (feature `testkit`): contract suites every adapter of a port must pass.
 
@@ -27,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
+pub mod portability;
 pub mod ports;
 pub mod runtime;
 #[cfg(any(test, feature = "testkit"))]

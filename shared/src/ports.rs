@@ -167,6 +167,11 @@ pub struct SearchQuery {
     pub include_superseded: bool,
 }
 
+/// The order of [`MemoryStore::export`]: by character, then oldest `created_at` first, then id.
+pub fn export_order(a: &Memory, b: &Memory) -> std::cmp::Ordering {
+    (&a.pair.character_name, a.created_at, a.id).cmp(&(&b.pair.character_name, b.created_at, b.id))
+}
+
 /// Where memories and their embeddings live.
 #[async_trait]
 pub trait MemoryStore: Send + Sync + 'static {
@@ -180,8 +185,16 @@ pub trait MemoryStore: Send + Sync + 'static {
     async fn set_superseded(&self, pair: &Pair, ids: &[Uuid], by: Uuid) -> PortResult<u64>;
     /// Counts the pair's memories (superseded ones included when asked).
     async fn count(&self, pair: &Pair, include_superseded: bool) -> PortResult<u64>;
-    /// Every memory of the pair, oldest first (for export).
+    /// Every memory of the pair, oldest first.
     async fn list(&self, pair: &Pair) -> PortResult<Vec<Memory>>;
+    /// Every memory of a user with its vector, of one character or of all (`None`), superseded
+    /// ones included, ordered by character, then oldest first (for export and for moving
+    /// memories between stores).
+    async fn export(
+        &self,
+        user: &UserId,
+        character: Option<&crate::domain::CharacterName>,
+    ) -> PortResult<Vec<MemoryPoint>>;
     /// Deletes the memories one batch produced; returns how many.
     async fn delete_batch(&self, pair: &Pair, batch_id: &str) -> PortResult<u64>;
     /// Deletes every memory of a pair; returns how many.

@@ -1,10 +1,13 @@
 //! `recall-worker`: turns batches of chat messages into memories.
 //!
 //! Without a subcommand it is the production worker, consuming RabbitMQ; `recall-worker
-//! standalone` runs the whole pipeline in one process on embedded stores.
+//! standalone` runs the whole pipeline in one process on embedded stores; `recall-worker
+//! memories export|import` moves one user's memories in or out of the configured memory store as
+//! JSON lines (see [`recall_shared::portability`]).
 
 use clap::{Parser, Subcommand};
-use recall_shared::config::{LogArgs, StandaloneArgs, WorkerArgs, init_logging};
+use recall_shared::config::{LogArgs, StandaloneArgs, StoreArgs, WorkerArgs, init_logging};
+use recall_shared::domain::{CharacterName, UserId};
 use recall_shared::node::{Node, cancel_on_signal};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,62 @@ struct Cli {
 enum Command {
     /// HTTP API + workers in one process, on SQLite, Qdrant Edge and a local embedding model.
     Standalone(StandaloneArgs),
+    /// Export or import memories as JSON lines (one memory with its vector per line), on the
+    /// configured memory store (`RECALL_MEMORY_STORE`).
+    #[command(subcommand)]
+    Memories(MemoriesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MemoriesCommand {
+    /// Writes a user's memories to stdout: `memories export --user <id> [--character <c>] >
+    /// file.jsonl`.
+    Export {
+        /// Whose memories.
+        #[arg(long)]
+        user: String,
+        /// Only this character's (default: every character).
+        #[arg(long)]
+        character: Option<String>,
+        /// The memory store.
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+    /// Reads memories from stdin (as `export` writes them) and upserts them by id:
+    /// `memories import < file.jsonl`. Needs the same embedder (vector size) on both sides.
+    Import {
+        /// The memory store.
+        #[command(flatten)]
+        stores: StoreArgs,
+    },
+}
+
+/// Runs `recall-worker memories ...`.
+async fn memories(command: MemoriesCommand) -> anyhow::Result<()> {
+    use recall_shared::portability::{export_jsonl, import_jsonl};
+    match command {
+        MemoriesCommand::Export {
+            user,
+            character,
+            stores,
+        } => {
+            let user = UserId::parse(user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+            let character = character
+                .map(CharacterName::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--character {e}"))?;
+            let store = stores.open_memories()?;
+            let mut out = std::io::stdout().lock();
+            let n = export_jsonl(store.as_ref(), &user, character.as_ref(), &mut out).await?;
+            eprintln!("exported {n} memories of {user}");
+        }
+        MemoriesCommand::Import { stores } => {
+            let store = stores.open_memories()?;
+            let n = import_jsonl(store.as_ref(), std::io::stdin().lock()).await?;
+            eprintln!("imported {n} memories");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -40,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             node.run(listener, shutdown).await
         }
+        Some(Command::Memories(command)) => memories(command).await,
         None => {
             let args = cli.worker;
             let deps = args.stores.open().await?;
@@ -63,5 +123,47 @@ async fn main() -> anyhow::Result<()> {
             consumers.stopped().await;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memories_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "recall-worker",
+            "memories",
+            "export",
+            "--user",
+            "u_1",
+            "--character",
+            "meher",
+            "--memory-store",
+            "qdrant",
+            "--qdrant-url",
+            "http://qdrant:6334",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Memories(MemoriesCommand::Export {
+                user,
+                character,
+                stores,
+            })) => {
+                assert_eq!(user, "u_1");
+                assert_eq!(character.as_deref(), Some("meher"));
+                assert_eq!(stores.qdrant.qdrant_url, "http://qdrant:6334");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["recall-worker", "memories", "import", "--data-dir", "d"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Memories(MemoriesCommand::Import { .. }))
+        ));
+        assert!(Cli::try_parse_from(["recall-worker", "memories", "export"]).is_err());
     }
 }

@@ -17,22 +17,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
     EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, HasIdCondition,
     IsEmptyCondition, JsonPath, Match, NamedQuery, OperationError, Payload, PayloadFieldSchema,
     PayloadOps, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, SetPayloadOp,
-    UpdateOperation, VectorStructPersisted, WithPayloadInterface, WithVector,
+    PointStructPersisted, QueryEnum, QueryRequest, Record, ScoringQuery, ScrollRequest,
+    SetPayloadOp, UpdateOperation, VectorInternal, VectorStructInternal, VectorStructPersisted,
+    WithPayloadInterface, WithVector,
 };
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{Category, CharacterName, Memory, Pair, ScoredMemory, UserId};
+use super::memory_payload::{self, BATCH_ID, CHARACTER_NAME, SUPERSEDED_BY, USER_ID};
+use crate::domain::{CharacterName, Memory, Pair, ScoredMemory, UserId};
 use crate::error::{PortError, PortResult};
-use crate::ports::{MemoryPoint, MemoryStore, SearchQuery};
+use crate::ports::{MemoryPoint, MemoryStore, SearchQuery, export_order};
 
 /// The dependency name in errors.
 const DEP: &str = "qdrant-edge";
@@ -47,11 +47,6 @@ const SCROLL_PAGE: usize = 256;
 /// Most results one search asks the engine for (it allocates by `limit`).
 const MAX_SEARCH_LIMIT: usize = 10_000;
 
-/// Payload keys.
-const USER_ID: &str = "user_id";
-const CHARACTER_NAME: &str = "character_name";
-const BATCH_ID: &str = "batch_id";
-const SUPERSEDED_BY: &str = "superseded_by";
 /// Payload fields that get a keyword index.
 const KEYWORD_INDEXES: [&str; 3] = [USER_ID, CHARACTER_NAME, BATCH_ID];
 
@@ -248,6 +243,30 @@ impl Collection {
         Ok(n as u64)
     }
 
+    /// Every point matching `filter`, page by page, with payload (and vector when asked).
+    fn scroll_all(&self, filter: Filter, with_vector: bool) -> PortResult<Vec<Record>> {
+        let mut out = Vec::new();
+        let mut offset = None;
+        loop {
+            let (records, next) = self
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(SCROLL_PAGE),
+                    filter: Some(filter.clone()),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(with_vector),
+                    order_by: None,
+                })
+                .map_err(engine_error)?;
+            out.extend(records);
+            match next {
+                Some(next) => offset = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Deletes points matching `filter`; returns how many there were.
     fn delete(&self, filter: Filter) -> PortResult<u64> {
         let n = self.count(filter.clone())?;
@@ -435,32 +454,41 @@ impl MemoryStore for QdrantEdgeStore {
         let filter = pair_filter(pair, PairOp::List);
         let mut memories = self
             .read(move |c| {
-                let mut out = Vec::new();
-                let mut offset = None;
-                loop {
-                    let (records, next) = c
-                        .shard
-                        .scroll(ScrollRequest {
-                            offset,
-                            limit: Some(SCROLL_PAGE),
-                            filter: Some(filter.clone()),
-                            with_payload: Some(WithPayloadInterface::Bool(true)),
-                            with_vector: WithVector::Bool(false),
-                            order_by: None,
-                        })
-                        .map_err(engine_error)?;
-                    for record in records {
-                        out.push(memory_from(&record.id, record.payload)?);
-                    }
-                    match next {
-                        Some(next) => offset = Some(next),
-                        None => return Ok(out),
-                    }
-                }
+                c.scroll_all(filter, false)?
+                    .into_iter()
+                    .map(|record| memory_from(&record.id, record.payload))
+                    .collect::<PortResult<Vec<_>>>()
             })
             .await?;
         memories.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(memories)
+    }
+
+    async fn export(
+        &self,
+        user: &UserId,
+        character: Option<&CharacterName>,
+    ) -> PortResult<Vec<MemoryPoint>> {
+        let filter = match character {
+            Some(c) => pair_filter(&Pair::new(user.clone(), c.clone()), PairOp::List),
+            None => user_filter(user),
+        };
+        let mut points = self
+            .read(move |c| {
+                c.scroll_all(filter, true)?
+                    .into_iter()
+                    .map(|record| {
+                        let vector = dense_vector(&record.id, record.vector)?;
+                        Ok(MemoryPoint {
+                            memory: memory_from(&record.id, record.payload)?,
+                            vector,
+                        })
+                    })
+                    .collect::<PortResult<Vec<_>>>()
+            })
+            .await?;
+        points.sort_by(|a, b| export_order(&a.memory, &b.memory));
+        Ok(points)
     }
 
     async fn delete_batch(&self, pair: &Pair, batch_id: &str) -> PortResult<u64> {
@@ -574,55 +602,14 @@ fn keyword(key: &str, value: &str) -> Condition {
 
 // ---- payload ----
 
-/// A memory's payload: every field but the id (the point id).
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredMemory {
-    user_id: UserId,
-    character_name: CharacterName,
-    text: String,
-    category: Category,
-    importance: u8,
-    created_at: DateTime<Utc>,
-    event_time: Option<DateTime<Utc>>,
-    source_message_ids: Vec<String>,
-    batch_id: String,
-    superseded_by: Option<Uuid>,
-}
-
-/// The engine's point for a memory.
+/// The engine's point for a memory (payload shape: [`memory_payload`]).
 fn point_struct(point: &MemoryPoint) -> PortResult<PointStructPersisted> {
-    let m = &point.memory;
-    let stored = StoredMemory {
-        user_id: m.pair.user_id.clone(),
-        character_name: m.pair.character_name.clone(),
-        text: m.text.clone(),
-        category: m.category,
-        importance: m.importance,
-        created_at: m.created_at,
-        event_time: m.event_time,
-        source_message_ids: m.source_message_ids.clone(),
-        batch_id: m.batch_id.clone(),
-        superseded_by: m.superseded_by,
-    };
-    let payload = match serde_json::to_value(&stored) {
-        Ok(serde_json::Value::Object(map)) => Payload(map),
-        Ok(other) => {
-            return Err(PortError::rejected(
-                DEP,
-                format!("memory {} did not serialize to an object: {other}", m.id),
-            ));
-        }
-        Err(e) => {
-            return Err(PortError::rejected(
-                DEP,
-                format!("memory {} cannot be serialized: {e}", m.id),
-            ));
-        }
-    };
+    let payload =
+        memory_payload::to_payload(&point.memory).map_err(|e| PortError::rejected(DEP, e))?;
     Ok(PointStructPersisted {
-        id: PointId::Uuid(m.id),
+        id: PointId::Uuid(point.memory.id),
         vector: VectorStructPersisted::Single(point.vector.clone()),
-        payload: Some(payload),
+        payload: Some(Payload(payload)),
     })
 }
 
@@ -640,22 +627,25 @@ fn memory_from(id: &PointId, payload: Option<Payload>) -> PortResult<Memory> {
             format!("point {id} came back without payload"),
         ));
     };
-    let stored: StoredMemory = serde_json::from_value(serde_json::Value::Object(payload.0))
-        .map_err(|e| {
-            PortError::invalid_output(DEP, format!("point {id} has a bad payload: {e}"))
-        })?;
-    Ok(Memory {
-        id: *uuid,
-        pair: Pair::new(stored.user_id, stored.character_name),
-        text: stored.text,
-        category: stored.category,
-        importance: stored.importance,
-        created_at: stored.created_at,
-        event_time: stored.event_time,
-        source_message_ids: stored.source_message_ids,
-        batch_id: stored.batch_id,
-        superseded_by: stored.superseded_by,
-    })
+    memory_payload::from_payload(*uuid, payload.0).map_err(|e| PortError::invalid_output(DEP, e))
+}
+
+/// The unnamed dense vector of an exported point.
+fn dense_vector(id: &PointId, vector: Option<VectorStructInternal>) -> PortResult<Vec<f32>> {
+    match vector {
+        Some(VectorStructInternal::Single(v)) => Ok(v),
+        Some(VectorStructInternal::Named(mut named)) => match named.remove(DEFAULT_VECTOR_NAME) {
+            Some(VectorInternal::Dense(v)) => Ok(v),
+            _ => Err(PortError::invalid_output(
+                DEP,
+                format!("point {id} has no unnamed dense vector"),
+            )),
+        },
+        _ => Err(PortError::invalid_output(
+            DEP,
+            format!("point {id} came back without its dense vector"),
+        )),
+    }
 }
 
 // ---- engine plumbing ----

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::{
-    BatchOutcome, Category, ExtractedMemory, Extraction, Memory, Message, MessageId, MessageStats,
-    Pair, Role, ScoredMemory, TokenUsage, UserId,
+    BatchOutcome, Category, CharacterName, ExtractedMemory, Extraction, Memory, Message, MessageId,
+    MessageStats, Pair, Role, ScoredMemory, TokenUsage, UserId,
 };
 use crate::error::{PortError, PortResult};
 use crate::ports::{
@@ -262,6 +262,22 @@ impl MemoryStore for InMemoryMemoryStore {
             .map(|p| p.memory.clone())
             .collect();
         v.sort_by_key(|m| (m.created_at, m.id));
+        Ok(v)
+    }
+
+    async fn export(
+        &self,
+        user: &UserId,
+        character: Option<&CharacterName>,
+    ) -> PortResult<Vec<MemoryPoint>> {
+        let map = self.points.lock().unwrap();
+        let mut v: Vec<MemoryPoint> = map
+            .values()
+            .filter(|p| p.memory.pair.user_id == *user)
+            .filter(|p| character.is_none_or(|c| p.memory.pair.character_name == *c))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| crate::ports::export_order(&a.memory, &b.memory));
         Ok(v)
     }
 

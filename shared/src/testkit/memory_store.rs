@@ -6,12 +6,16 @@
 //! and [`PortError::Rejected`] for bad input. Every case uses fresh, unique user ids, so the
 //! suite can run against a collection shared with other data (e.g. a Qdrant server).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::domain::{Category, CharacterName, Memory, Pair, ScoredMemory, UserId};
 use crate::error::{PortError, PortResult};
-use crate::ports::{MemoryPoint, MemoryStore, SearchQuery};
+use crate::ports::{MemoryPoint, MemoryStore, SearchQuery, export_order};
 
 /// Smallest vector dimension the suite can build its test geometry in.
 pub const MIN_DIMENSION: usize = 4;
@@ -37,7 +41,9 @@ pub async fn run_all(store: &dyn MemoryStore, dimension: usize) {
     delete_batch_deletes_only_that_batch(store, dimension).await;
     delete_pair_deletes_only_that_pair(store, dimension).await;
     delete_user_deletes_every_character_of_that_user(store, dimension).await;
+    export_returns_the_users_points(store, dimension).await;
     wrong_dimension_is_rejected(store, dimension).await;
+    tenant_isolation_under_random_searches(store, dimension).await;
 }
 
 /// `ping` answers once the collection exists.
@@ -752,6 +758,219 @@ pub async fn delete_user_deletes_every_character_of_that_user(
     cleanup(store, &prefixed).await;
 }
 
+/// `export` returns a user's memories with their vectors (all characters, or one), superseded
+/// ones included, by character then oldest first, and nothing of any other user.
+pub async fn export_returns_the_users_points(store: &dyn MemoryStore, dimension: usize) {
+    const CASE: &str = "export_returns_the_users_points";
+    ensure(store, dimension, CASE).await;
+    let pair = fresh_pair(CASE, "meher");
+    let neighbour = Pair::new(pair.user_id.clone(), character("arjun"));
+    let stranger = fresh_pair(CASE, "meher");
+    let prefixed = Pair::new(user(&format!("{}x", pair.user_id)), character("meher"));
+
+    let mut ms = [
+        memory(&pair, 3, "b1"),
+        memory(&pair, 1, "b1"),
+        memory(&neighbour, 2, "b2"),
+        memory(&stranger, 4, "b1"),
+        memory(&prefixed, 5, "b1"),
+    ];
+    ms[0].superseded_by = Some(ms[1].id);
+    let points: Vec<MemoryPoint> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| point(m, unit_vector(dimension, 95 + i as u64)))
+        .collect();
+    upsert(store, &points, CASE).await;
+
+    let mut want: Vec<MemoryPoint> = points[..3].to_vec();
+    want.sort_by(|a, b| export_order(&a.memory, &b.memory));
+    let got = ok(
+        store.export(&pair.user_id, None).await,
+        &format!("{CASE}: export of every character"),
+    );
+    assert_points_eq(&got, &want, &format!("{CASE}: export of every character"));
+    assert_eq!(
+        got[0].memory.pair.character_name.as_str(),
+        "arjun",
+        "{CASE}: ordered by character"
+    );
+
+    let got = ok(
+        store
+            .export(&pair.user_id, Some(&neighbour.character_name))
+            .await,
+        &format!("{CASE}: export of one character"),
+    );
+    assert_points_eq(
+        &got,
+        &[points[2].clone()],
+        &format!("{CASE}: export of one character"),
+    );
+
+    let nobody = fresh_pair(CASE, "meher");
+    let got = ok(
+        store.export(&nobody.user_id, None).await,
+        &format!("{CASE}: export of an unknown user"),
+    );
+    assert!(got.is_empty(), "{CASE}: an unknown user exports nothing");
+    for p in [&pair, &neighbour, &stranger, &prefixed] {
+        cleanup(store, p).await;
+    }
+}
+
+/// Tenant isolation at scale: 50 users x 3 characters whose memories share a small pool of
+/// vectors (so other pairs' memories are always the best matches), then random searches (random
+/// pair, query, limit, threshold, superseded or not) never return another pair's memory, return
+/// exactly as many as the pair has, and count, list and export see exactly the pair's (user's)
+/// memories. The seed is random and printed in every failure message.
+pub async fn tenant_isolation_under_random_searches(store: &dyn MemoryStore, dimension: usize) {
+    const CASE: &str = "tenant_isolation_under_random_searches";
+    const USERS: usize = 50;
+    const CHARACTERS: [&str; 3] = ["meher", "arjun", "zoya"];
+    const PER_PAIR: u64 = 4;
+    const POOL: u64 = 6;
+    const SEARCHES: usize = 600;
+    ensure(store, dimension, CASE).await;
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let case = format!("{CASE} (seed {seed})");
+    let pool: Vec<Vec<f32>> = (0..POOL).map(|i| unit_vector(dimension, 500 + i)).collect();
+
+    let users: Vec<UserId> = (0..USERS)
+        .map(|_| fresh_pair(CASE, "meher").user_id)
+        .collect();
+    let mut by_pair: HashMap<Pair, Vec<MemoryPoint>> = HashMap::new();
+    let mut all = Vec::new();
+    for u in &users {
+        for c in CHARACTERS {
+            let pair = Pair::new(u.clone(), character(c));
+            let mut points: Vec<MemoryPoint> = (0..PER_PAIR)
+                .map(|n| {
+                    let m = memory(&pair, n, &format!("batch-{}", n % 2));
+                    point(&m, pool[rng.random_range(0..POOL) as usize].clone())
+                })
+                .collect();
+            if rng.random_bool(0.5) {
+                points[0].memory.superseded_by = Some(points[1].memory.id);
+            }
+            all.extend(points.iter().cloned());
+            by_pair.insert(pair, points);
+        }
+    }
+    for chunk in all.chunks(100) {
+        upsert(store, chunk, &case).await;
+    }
+    let pairs: Vec<Pair> = {
+        let mut p: Vec<Pair> = by_pair.keys().cloned().collect();
+        p.sort();
+        p
+    };
+
+    for i in 0..SEARCHES {
+        let pair = &pairs[rng.random_range(0..pairs.len())];
+        let vector = if rng.random_bool(0.8) {
+            pool[rng.random_range(0..POOL) as usize].clone()
+        } else {
+            unit_vector(dimension, rng.random())
+        };
+        let limit = rng.random_range(1..=PER_PAIR as usize + 3);
+        let include_superseded = rng.random_bool(0.5);
+        let threshold = rng.random_bool(0.3).then_some(-1.0);
+        let hits = search(
+            store,
+            query(pair, vector, limit, threshold, include_superseded),
+            &case,
+        )
+        .await;
+        let eligible: Vec<Uuid> = by_pair[pair]
+            .iter()
+            .filter(|p| include_superseded || p.memory.superseded_by.is_none())
+            .map(|p| p.memory.id)
+            .collect();
+        assert!(
+            hits.iter().all(|h| eligible.contains(&h.memory.id)),
+            "{case}: search {i} of {pair} returned a memory that is not the pair's"
+        );
+        assert_eq!(
+            hits.len(),
+            limit.min(eligible.len()),
+            "{case}: search {i} of {pair} (limit {limit}) must return the pair's memories, \
+             as many as the limit allows"
+        );
+    }
+
+    for pair in &pairs {
+        let want = &by_pair[pair];
+        let live = want
+            .iter()
+            .filter(|p| p.memory.superseded_by.is_none())
+            .count() as u64;
+        assert_eq!(
+            count(store, pair, true, &case).await,
+            PER_PAIR,
+            "{case}: count {pair}"
+        );
+        assert_eq!(
+            count(store, pair, false, &case).await,
+            live,
+            "{case}: live {pair}"
+        );
+        let mut want_memories: Vec<Memory> = want.iter().map(|p| p.memory.clone()).collect();
+        want_memories.sort_by_key(|m| (m.created_at, m.id));
+        assert_eq!(
+            list(store, pair, &case).await,
+            want_memories,
+            "{case}: list {pair}"
+        );
+    }
+    for u in &users {
+        let got = ok(store.export(u, None).await, &format!("{case}: export {u}"));
+        let mut want: Vec<MemoryPoint> = by_pair
+            .iter()
+            .filter(|(p, _)| &p.user_id == u)
+            .flat_map(|(_, points)| points.iter().cloned())
+            .collect();
+        want.sort_by(|a, b| export_order(&a.memory, &b.memory));
+        assert_points_eq(&got, &want, &format!("{case}: export {u}"));
+    }
+    for u in &users {
+        let deleted = ok(store.delete_user(u).await, &format!("{case}: delete_user"));
+        assert_eq!(
+            deleted,
+            PER_PAIR * CHARACTERS.len() as u64,
+            "{case}: delete_user {u}"
+        );
+    }
+}
+
+/// Same memories in the same order, and vectors equal up to float rounding (a cosine store may
+/// re-normalise them).
+fn assert_points_eq(got: &[MemoryPoint], want: &[MemoryPoint], what: &str) {
+    let memories = |ps: &[MemoryPoint]| ps.iter().map(|p| p.memory.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        memories(got),
+        memories(want),
+        "memory-store contract: {what}: memories"
+    );
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(
+            g.vector.len(),
+            w.vector.len(),
+            "memory-store contract: {what}: vector length of {}",
+            w.memory.id
+        );
+        assert!(
+            g.vector
+                .iter()
+                .zip(&w.vector)
+                .all(|(a, b)| (a - b).abs() < 1e-4),
+            "memory-store contract: {what}: vector of {} changed",
+            w.memory.id
+        );
+    }
+}
+
 /// A vector of the wrong length is `Rejected` (not a panic), in upsert and in search, and a
 /// rejected upsert stores nothing.
 pub async fn wrong_dimension_is_rejected(store: &dyn MemoryStore, dimension: usize) {
@@ -1166,6 +1385,24 @@ mod tests {
             Ok(all)
         }
 
+        async fn export(
+            &self,
+            user: &UserId,
+            character: Option<&CharacterName>,
+        ) -> PortResult<Vec<MemoryPoint>> {
+            let mut all: Vec<MemoryPoint> = self
+                .points
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| &p.memory.pair.user_id == user)
+                .filter(|p| character.is_none_or(|c| &p.memory.pair.character_name == c))
+                .cloned()
+                .collect();
+            all.sort_by(|a, b| export_order(&a.memory, &b.memory));
+            Ok(all)
+        }
+
         async fn delete_batch(&self, pair: &Pair, batch_id: &str) -> PortResult<u64> {
             Ok(self.delete_where(|m| !(&m.pair == pair && m.batch_id == batch_id)))
         }
@@ -1238,6 +1475,13 @@ mod tests {
             }
             async fn list(&self, pair: &Pair) -> PortResult<Vec<Memory>> {
                 self.0.list(pair).await
+            }
+            async fn export(
+                &self,
+                user: &UserId,
+                character: Option<&CharacterName>,
+            ) -> PortResult<Vec<MemoryPoint>> {
+                self.0.export(user, character).await
             }
             async fn delete_batch(&self, pair: &Pair, batch_id: &str) -> PortResult<u64> {
                 self.0.delete_batch(pair, batch_id).await
