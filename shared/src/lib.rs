@@ -24,6 +24,7 @@ pub mod config;
 pub mod context;
 pub mod domain;
 pub mod error;
+pub mod eval;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -31,6 +31,60 @@ enum Command {
     /// configured memory store (`RECALL_MEMORY_STORE`).
     #[command(subcommand)]
     Memories(MemoriesCommand),
+    /// Replays conversations through the pipeline and scores the memories: fact coverage,
+    /// recall@5, MRR, supersession, hygiene, and the search path alone.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EvalArgs {
+    /// Folder of conversation files (`<user>__<character>.jsonl`) and `facts.jsonl`.
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Empty scratch folder for the stores (default: a temporary one, removed afterwards).
+    #[arg(long = "data-dir")]
+    scratch: Option<std::path::PathBuf>,
+    /// Print the summary as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Folder of the all-MiniLM-L6-v2 files (default: `recall-data/models/all-MiniLM-L6-v2`,
+    /// where scripts/demo.sh fetches them).
+    #[arg(long, env = "RECALL_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
+}
+
+/// Runs `recall-worker eval`.
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let (scratch, temporary) = match args.scratch {
+        Some(dir) => {
+            let empty = !dir.exists() || std::fs::read_dir(&dir)?.next().is_none();
+            anyhow::ensure!(empty, "--data-dir {} must be empty", dir.display());
+            (dir, false)
+        }
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos();
+            let dir =
+                std::env::temp_dir().join(format!("recall-eval-{}-{nanos}", std::process::id()));
+            (dir, true)
+        }
+    };
+    let model_dir = args
+        .model_dir
+        .unwrap_or_else(|| "recall-data/models/all-MiniLM-L6-v2".into());
+    let deps = StoreArgs::in_dir(&scratch, model_dir).open().await?;
+    let result = recall_shared::eval::run(deps, &args.data).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.summary())?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             node.run(listener, shutdown).await
         }
         Some(Command::Memories(command)) => memories(command).await,
+        Some(Command::Eval(args)) => eval(args).await,
         None => {
             let args = cli.worker;
             let deps = args.stores.open().await?;
