@@ -134,6 +134,48 @@ pub fn is_sensitive(text: &str) -> bool {
     contains_card_like_number(text) || contains_secret_code(text) || is_prompt_injection(text)
 }
 
+/// The text with secrets masked, for text that leaves the process (the LLM prompt): every run
+/// of 12 or more digits (spaces, dashes, dots between them) becomes `[number removed]`, and when
+/// the text mentions a one-time code, password, PIN or CVV, every run of 3 or more digits becomes
+/// `[code removed]`. Everything else is kept as written.
+pub fn redact_secrets(text: &str) -> String {
+    let secret = contains_secret_code(text);
+    let chars: Vec<char> = text.chars().collect();
+    let digit = |c: char| is_digit_char(normalize_char(c));
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !digit(chars[i]) {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let (start, mut end, mut digits, mut j) = (i, i, 0, i);
+        while j < chars.len() {
+            if digit(chars[j]) {
+                digits += 1;
+                j += 1;
+                end = j;
+            } else if matches!(normalize_char(chars[j]), ' ' | '-' | '.')
+                && chars.get(j + 1).is_some_and(|c| digit(*c))
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if digits >= CARD_DIGITS {
+            out.push_str("[number removed]");
+        } else if secret && digits >= 3 {
+            out.push_str("[code removed]");
+        } else {
+            out.extend(&chars[start..end]);
+        }
+        i = end;
+    }
+    out
+}
+
 /// Whether the text holds 12 or more digits in one run (spaces, dashes, dots and spelled-out
 /// digits allowed), like a card, account, phone or Aadhaar number.
 pub fn contains_card_like_number(text: &str) -> bool {
@@ -2827,6 +2869,27 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[test]
+    fn secrets_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            redact_secrets("my card is 4111 1111 1111 1111, exp next year"),
+            "my card is [number removed], exp next year"
+        );
+        assert_eq!(
+            redact_secrets("the OTP is 482913, don't tell anyone"),
+            "the OTP is [code removed], don't tell anyone"
+        );
+        assert_eq!(
+            redact_secrets("I ran 5 km on 12.11.2024 with 2 friends"),
+            "I ran 5 km on 12.11.2024 with 2 friends",
+            "dates and small numbers stay"
+        );
+        assert_eq!(redact_secrets("नमस्ते ✨ 42"), "नमस्ते ✨ 42");
+        assert!(!is_sensitive(&redact_secrets(
+            "card 4111-1111-1111-1111 and PIN 4321"
+        )));
+    }
     use crate::domain::{MessageId, Pair};
 
     const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");

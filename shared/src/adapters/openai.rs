@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::adapters::offline_extractor::is_sensitive;
+use crate::adapters::offline_extractor::{is_sensitive, redact_secrets};
 use crate::domain::{Category, ExtractedMemory, Extraction, Role, TokenUsage};
 use crate::error::{PortError, PortResult};
 use crate::ports::{Embedder, ExtractionRequest, Extractor};
@@ -96,6 +96,8 @@ pub const ENV_ORG_ID: &str = "OPENAI_ORG_ID";
 pub const ENV_PROJECT_ID: &str = "OPENAI_PROJECT_ID";
 /// Environment variable: the per-request deadline in seconds.
 pub const ENV_TIMEOUT_SECONDS: &str = "OPENAI_TIMEOUT_SECONDS";
+/// `true` (default) masks card-like numbers and one-time codes in messages sent to the LLM.
+pub const ENV_REDACT_INPUT: &str = "RECALL_REDACT_LLM_INPUT";
 /// Environment variable: US dollars per million prompt tokens of the chat model.
 pub const ENV_PRICE_PROMPT: &str = "OPENAI_PRICE_PROMPT_PER_MTOK";
 /// Environment variable: US dollars per million completion tokens of the chat model.
@@ -182,6 +184,8 @@ pub struct OpenAiSettings {
     pub timeout: Duration,
     /// Prices for cost estimates.
     pub prices: OpenAiPrices,
+    /// Mask card-like numbers and one-time codes in messages before they are sent.
+    pub redact_input: bool,
 }
 
 impl fmt::Debug for OpenAiSettings {
@@ -201,6 +205,7 @@ impl fmt::Debug for OpenAiSettings {
             .field("project_id", &self.project_id)
             .field("timeout", &self.timeout)
             .field("prices", &self.prices)
+            .field("redact_input", &self.redact_input)
             .finish()
     }
 }
@@ -219,6 +224,7 @@ impl OpenAiSettings {
             project_id: None,
             timeout: DEFAULT_TIMEOUT,
             prices: OpenAiPrices::default(),
+            redact_input: true,
         }
     }
 
@@ -255,6 +261,13 @@ impl OpenAiSettings {
                 })?);
         }
         s.org_id = var(ENV_ORG_ID);
+        if let Some(v) = var(ENV_REDACT_INPUT) {
+            s.redact_input = match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(format!("{ENV_REDACT_INPUT} must be true or false")),
+            };
+        }
         s.project_id = var(ENV_PROJECT_ID);
         if let Some(t) = var(ENV_TIMEOUT_SECONDS) {
             let secs: f64 = t
@@ -667,7 +680,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn build_prompt(request: &ExtractionRequest<'_>) -> Prompt {
+fn build_prompt(request: &ExtractionRequest<'_>, redact: bool) -> Prompt {
     let system = SYSTEM_PROMPT.replace("{character}", request.pair.character_name.as_str());
     let mut local_ids = HashMap::new();
     let mut existing_texts = HashSet::new();
@@ -691,7 +704,11 @@ fn build_prompt(request: &ExtractionRequest<'_>) -> Prompt {
             "id": m.id.as_str(),
             "role": m.role.as_str(),
             "time": rfc3339(m.created_at),
-            "text": truncate_chars(&m.text, MAX_MESSAGE_CHARS),
+            "text": if redact {
+                redact_secrets(&truncate_chars(&m.text, MAX_MESSAGE_CHARS))
+            } else {
+                truncate_chars(&m.text, MAX_MESSAGE_CHARS)
+            },
         })));
         user.push('\n');
     }
@@ -895,6 +912,7 @@ pub struct OpenAiExtractor {
     api: Api,
     model: String,
     prices: OpenAiPrices,
+    redact_input: bool,
 }
 
 impl OpenAiExtractor {
@@ -911,6 +929,7 @@ impl OpenAiExtractor {
             api: Api::new(settings)?,
             model,
             prices: settings.prices,
+            redact_input: settings.redact_input,
         })
     }
 
@@ -967,7 +986,7 @@ impl Extractor for OpenAiExtractor {
             return Ok(empty(TokenUsage::default()));
         }
         let started = Instant::now();
-        let prompt = build_prompt(&request);
+        let prompt = build_prompt(&request, self.redact_input);
         let body = self
             .api
             .post(Endpoint::Chat, &self.model, &self.chat_request(&prompt))
@@ -1814,6 +1833,51 @@ mod tests {
             out.memories
                 .iter()
                 .any(|m| m.text.contains("filter coffee"))
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_in_messages_never_reach_the_llm_unless_configured() {
+        let fake = FakeOpenAi::start().await;
+        let p = pair();
+        let msgs = vec![
+            message(0, Role::User, "pay with 4111 1111 1111 1111 please"),
+            message(1, Role::User, "my OTP is 482913"),
+            message(2, Role::User, "I moved to Pune on 12.11.2024"),
+        ];
+        let extractor = OpenAiExtractor::new(&settings(&fake)).unwrap();
+        extractor.extract(request(&p, &msgs, &[])).await.unwrap();
+        let content = user_content(&fake.requests_to(Route::ChatCompletions)[0].body);
+        assert!(!content.contains("4111 1111"), "{content}");
+        assert!(!content.contains("482913"), "{content}");
+        assert!(content.contains("[number removed]") && content.contains("[code removed]"));
+        assert!(content.contains("12.11.2024"), "ordinary numbers stay");
+
+        let mut plain = settings(&fake);
+        plain.redact_input = false;
+        let extractor = OpenAiExtractor::new(&plain).unwrap();
+        extractor.extract(request(&p, &msgs, &[])).await.unwrap();
+        let content = user_content(&fake.requests_to(Route::ChatCompletions)[1].body);
+        assert!(
+            content.contains("482913"),
+            "RECALL_REDACT_LLM_INPUT=false sends the text as is"
+        );
+        let off = OpenAiSettings::from_lookup(|k| match k {
+            "OPENAI_API_KEY" => Some("k".into()),
+            "RECALL_REDACT_LLM_INPUT" => Some("false".into()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert!(!off.redact_input);
+        assert!(
+            OpenAiSettings::from_lookup(|k| match k {
+                "OPENAI_API_KEY" => Some("k".into()),
+                "RECALL_REDACT_LLM_INPUT" => Some("maybe".into()),
+                _ => None,
+            })
+            .unwrap_err()
+            .contains("RECALL_REDACT_LLM_INPUT")
         );
     }
 
