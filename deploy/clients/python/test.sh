@@ -13,24 +13,30 @@ export RECALL_MODEL_DIR="${RECALL_MODEL_DIR:-$ROOT/models/all-MiniLM-L6-v2}"
 PYTHON="${PYTHON:-python3}"
 
 WORK="$(mktemp -d)"
+BIN_DIR=""
 PID=""
 cleanup() {
     if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
         kill -TERM "$PID" 2>/dev/null || true
         wait "$PID" 2>/dev/null || true
     fi
-    rm -rf "$WORK"
+    rm -rf "$WORK" ${BIN_DIR:+"$BIN_DIR"}
 }
 trap cleanup EXIT INT TERM
 
 (cd "$ROOT" && scripts/fetch-model.sh "$RECALL_MODEL_DIR")
 (cd "$ROOT" && cargo build -p recall-worker)
+# The target folder may be shared with other builds: keep this build's binary under its own name
+# (a hard link: a later build replaces debug/recall-worker, not this inode).
+BIN_DIR="$(mktemp -d "$CARGO_TARGET_DIR/recall-client-test.XXXXXX")"
+ln "$CARGO_TARGET_DIR/debug/recall-worker" "$BIN_DIR/recall-worker" 2>/dev/null \
+    || cp "$CARGO_TARGET_DIR/debug/recall-worker" "$BIN_DIR/recall-worker"
 
 PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export RECALL_URL="http://127.0.0.1:$PORT"
 export RECALL_API_KEY="py-client-test-$RANDOM$RANDOM"
 RECALL_DATA_DIR="$WORK/data" RECALL_SWEEP_SECONDS=1 \
-    "$CARGO_TARGET_DIR/debug/recall-worker" standalone --listen "127.0.0.1:$PORT" \
+    "$BIN_DIR/recall-worker" standalone --listen "127.0.0.1:$PORT" \
     >"$WORK/server.log" 2>&1 &
 PID=$!
 
