@@ -11,7 +11,9 @@
 //! - [`runtime`]: the worker loops (counting events, running batch jobs) and shutdown.
 //! - [`node`]: one process: the API, and the workers when it runs them (standalone, publisher,
 //!   worker).
-//! - [`http`]: the axum router shared by the publisher and standalone mode.
+//! - [`http`]: the axum router shared by the publisher and standalone mode, its wire types and
+//!   its OpenAPI document.
+//! - [`client`]: a typed Rust client of that API.
 //! - [`adapters`]: the real systems behind the ports.
 //! - [`config`]: settings from flags and environment.
 //! - [`portability`]: export and import of a user's memories as JSON lines.
@@ -20,6 +22,7 @@
 
 pub mod adapters;
 pub mod batching;
+pub mod client;
 pub mod config;
 pub mod context;
 pub mod domain;

@@ -4,16 +4,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::Utc;
 
 use super::AppState;
+use super::api::{
+    AppendResponse, BatchCounts, CheckBatchResponse, ComponentHealth, ContextParams,
+    ContextResponse, DueReason, EnhanceRequest, EnhanceResponse, EraseResponse, ErrorBody,
+    HealthComponents, HealthResponse, MemoryCounts, MemoryHit, MessageCounts, MessageCreated,
+    NewMessage, SearchParams, SearchResponse, StatsResponse, StatusResponse, TokenCounts,
+};
 use super::error::ApiError;
 use super::extract::{JsonBody, PairPath, Params};
 use crate::batching::Due;
 use crate::context::{build_context, enhance_prompt as enhance};
-use crate::domain::{CharacterName, Message, MessageId, Pair, Role, ScoredMemory, UserId};
+use crate::domain::{Message, MessageId, Pair, Role, ScoredMemory, UserId};
 use crate::ports::{MessageEvent, SearchQuery};
 
 /// Longest search query or context message, in characters.
@@ -27,15 +31,40 @@ const CONTEXT_CANDIDATES: usize = 30;
 /// Unsynced messages considered for a context block.
 const CONTEXT_RECENT: usize = 20;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MessageCreated {
-    user_id: UserId,
-    character_name: CharacterName,
-    #[serde(default)]
-    message_id: Option<MessageId>,
+/// The `{user_id}` and `{character_name}` path segments (1-128 characters of `[A-Za-z0-9_.-]`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+pub(crate) struct PairSegments {
+    /// The user.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")]
+    user_id: String,
+    /// The character (e.g. `meher`).
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")]
+    character_name: String,
 }
 
+/// The `{user_id}` path segment.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only
+pub(crate) struct UserSegment {
+    /// The user.
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")]
+    user_id: String,
+}
+
+/// A message event from the Cloud Function: published to the event bus, answered once the bus
+/// accepted it.
+#[utoipa::path(
+    post, path = "/firebase/message-created", tag = "events",
+    request_body = MessageCreated,
+    security(("bearer" = []), ("signature" = [])),
+    responses(
+        (status = 202, description = "published", body = StatusResponse),
+        (status = 400, description = "a field is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn message_created(
     State(s): State<AppState>,
     JsonBody(body): JsonBody<MessageCreated>,
@@ -53,22 +82,25 @@ pub(crate) async fn message_created(
         .events_total
         .with_label_values(&["accepted"])
         .inc();
-    Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response())
+    let body = StatusResponse {
+        status: "accepted".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewMessage {
-    #[serde(default)]
-    message_id: Option<MessageId>,
-    role: String,
-    text: String,
-    #[serde(default)]
-    created_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    channel: Option<String>,
-}
-
+/// Stores a chat message unsynced and emits its event (what the Firestore trigger does in
+/// production).
+#[utoipa::path(
+    post, path = "/memory/messages/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments),
+    request_body = NewMessage,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "stored", body = AppendResponse),
+        (status = 200, description = "a message with this id already existed", body = AppendResponse),
+        (status = 400, description = "a field is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn append_message(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
@@ -125,13 +157,27 @@ pub(crate) async fn append_message(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({"message_id": id, "created": created}))).into_response())
+    let body = AppendResponse {
+        message_id: id,
+        created,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
+/// The pair's unsynced count; queues a batch job when one is due.
+#[utoipa::path(
+    post, path = "/memory/check-batch/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the count and whether a batch was triggered", body = CheckBatchResponse),
+        (status = 400, description = "a path segment is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn check_batch(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CheckBatchResponse>, ApiError> {
     let unsynced = s.messages.count_unsynced(&pair).await?;
     let newest = s
         .messages
@@ -147,14 +193,18 @@ pub(crate) async fn check_batch(
             .await
             .map_err(|e| ApiError::unavailable("the batch queue", &e))?;
     }
-    Ok(Json(json!({
-        "user_id": pair.user_id,
-        "character_name": pair.character_name,
-        "unsynced": unsynced,
-        "threshold": s.rules.threshold,
-        "triggered": triggered,
-        "reason": match due { Due::Threshold => "threshold", Due::Idle => "idle", Due::NotDue => "not_due" },
-    })))
+    Ok(Json(CheckBatchResponse {
+        user_id: pair.user_id,
+        character_name: pair.character_name,
+        unsynced,
+        threshold: s.rules.threshold,
+        triggered,
+        reason: match due {
+            Due::Threshold => DueReason::Threshold,
+            Due::Idle => DueReason::Idle,
+            Due::NotDue => DueReason::NotDue,
+        },
+    }))
 }
 
 async fn search_pair(
@@ -181,55 +231,74 @@ async fn search_pair(
     Ok(s.memories.search(&q).await?)
 }
 
-fn memory_json(m: &ScoredMemory) -> Value {
-    json!({
-        "id": m.memory.id,
-        "text": m.memory.text,
-        "score": m.score,
-        "category": m.memory.category,
-        "importance": m.memory.importance,
-        "created_at": m.memory.created_at,
-        "event_time": m.memory.event_time,
-        "source_message_ids": m.memory.source_message_ids,
-        "batch_id": m.memory.batch_id,
-        "superseded_by": m.memory.superseded_by,
-    })
-}
-
+/// Semantic search of the pair's memories.
+#[utoipa::path(
+    get, path = "/memory/search/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments, SearchParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "memories, best first", body = SearchResponse),
+        (status = 400, description = "a parameter is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SearchResponse>, ApiError> {
     let query = params.text("query", MAX_QUERY_CHARS)?;
     let limit = params.int("limit", 5, 1, 50)?;
     let include_superseded = params.flag("include_superseded")?;
     let hits = search_pair(&s, &pair, &query, limit, include_superseded).await?;
-    Ok(Json(json!({
-        "query": query,
-        "count": hits.len(),
-        "results": hits.iter().map(memory_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(SearchResponse {
+        query,
+        count: hits.len(),
+        results: hits.iter().map(MemoryHit::from).collect(),
+    }))
 }
 
+/// Message, memory, batch and token counts of the pair.
+#[utoipa::path(
+    get, path = "/memory/stats/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the counts", body = StatsResponse),
+        (status = 400, description = "a path segment is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn stats(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsResponse>, ApiError> {
     let st = s.messages.stats(&pair).await?;
     let current = s.memories.count(&pair, false).await?;
     let all = s.memories.count(&pair, true).await?;
-    Ok(Json(json!({
-        "user_id": pair.user_id,
-        "character_name": pair.character_name,
-        "messages": {"total": st.total, "synced": st.synced, "unsynced": st.unsynced},
-        "memories": {"current": current, "superseded": all - current, "total": all},
-        "batches": {"done": st.batches_done, "failed": st.batches_failed},
-        "last_batch_at": st.last_batch_at,
-        "tokens": {"prompt": st.tokens.prompt_tokens, "completion": st.tokens.completion_tokens},
-        "threshold": s.rules.threshold,
-        "extractor": s.extractor_name,
-    })))
+    Ok(Json(StatsResponse {
+        user_id: pair.user_id,
+        character_name: pair.character_name,
+        messages: MessageCounts {
+            total: st.total,
+            synced: st.synced,
+            unsynced: st.unsynced,
+        },
+        memories: MemoryCounts {
+            current,
+            superseded: all - current,
+            total: all,
+        },
+        batches: BatchCounts {
+            done: st.batches_done,
+            failed: st.batches_failed,
+        },
+        last_batch_at: st.last_batch_at,
+        tokens: TokenCounts {
+            prompt: st.tokens.prompt_tokens,
+            completion: st.tokens.completion_tokens,
+        },
+        threshold: s.rules.threshold,
+        extractor: s.extractor_name.clone(),
+    }))
 }
 
 async fn context_block(
@@ -257,38 +326,50 @@ async fn context_block(
     Ok(build_context(&candidates, &recent, max_tokens, Utc::now()))
 }
 
+/// A context block for the bot: the best-ranked memories, then recent unsynced messages, within
+/// a token budget.
+#[utoipa::path(
+    get, path = "/memory/context/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments, ContextParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the context block", body = ContextResponse),
+        (status = 400, description = "a parameter is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn context(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ContextResponse>, ApiError> {
     let message = params.opt_text("message", MAX_QUERY_CHARS)?;
     let max_tokens = params.int("max_tokens", 800, 50, 8000)?;
     let block = context_block(&s, &pair, message.as_deref(), max_tokens).await?;
-    Ok(Json(json!({
-        "context": block.text,
-        "estimated_tokens": block.estimated_tokens,
-        "max_tokens": max_tokens,
-        "memories": block.memories,
-        "recent_messages": block.recent_messages,
-    })))
+    Ok(Json(ContextResponse {
+        estimated_tokens: block.estimated_tokens,
+        max_tokens,
+        memories: block.memories.iter().map(Into::into).collect(),
+        recent_messages: block.recent_messages,
+        context: block.text,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EnhanceBody {
-    #[serde(default)]
-    message: Option<String>,
-    base_system_prompt: String,
-    #[serde(default)]
-    max_tokens: Option<usize>,
-}
-
+/// The bot's system prompt with the context block appended, fenced as data.
+#[utoipa::path(
+    post, path = "/memory/enhance-prompt/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments),
+    request_body = EnhanceRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the enhanced system prompt", body = EnhanceResponse),
+        (status = 400, description = "a field is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn enhance_prompt(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
-    JsonBody(body): JsonBody<EnhanceBody>,
-) -> Result<Json<Value>, ApiError> {
+    JsonBody(body): JsonBody<EnhanceRequest>,
+) -> Result<Json<EnhanceResponse>, ApiError> {
     if let Some(m) = &body.message
         && m.chars().count() > MAX_QUERY_CHARS
     {
@@ -305,70 +386,117 @@ pub(crate) async fn enhance_prompt(
         ));
     }
     let block = context_block(&s, &pair, body.message.as_deref(), max_tokens).await?;
-    Ok(Json(json!({
-        "system_prompt": enhance(&body.base_system_prompt, &block),
-        "memories_used": block.memories.len(),
-        "recent_messages": block.recent_messages,
-        "estimated_context_tokens": block.estimated_tokens,
-    })))
+    Ok(Json(EnhanceResponse {
+        system_prompt: enhance(&body.base_system_prompt, &block),
+        memories_used: block.memories.len(),
+        recent_messages: block.recent_messages,
+        estimated_context_tokens: block.estimated_tokens,
+    }))
 }
 
+/// Erases every memory, batch record and extraction cache of a user, for every character.
+#[utoipa::path(
+    delete, path = "/memory/{user_id}", tag = "memory",
+    params(UserSegment),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "what was deleted", body = EraseResponse),
+        (status = 400, description = "the user id is invalid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn erase_user(
     State(s): State<AppState>,
     axum::extract::Path(user): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EraseResponse>, ApiError> {
     let user =
         UserId::parse(user).map_err(|e| ApiError::invalid("user_id", format!("user_id {e}")))?;
     // Memories first: a failure half-way leaves batch records, never orphaned memories.
     let memories = s.memories.delete_user(&user).await?;
     let batches = s.messages.erase_batches(&user, None).await?;
     tracing::info!(memories, batches, "erased a user's memories");
-    Ok(Json(json!({
-        "user_id": user,
-        "memories_deleted": memories,
-        "batches_deleted": batches,
-    })))
+    Ok(Json(EraseResponse {
+        user_id: user,
+        character_name: None,
+        memories_deleted: memories,
+        batches_deleted: batches,
+    }))
 }
 
+/// Erases the pair's memories, batch records and extraction caches.
+#[utoipa::path(
+    delete, path = "/memory/{user_id}/{character_name}", tag = "memory",
+    params(PairSegments),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "what was deleted", body = EraseResponse),
+        (status = 400, description = "a path segment is invalid; `field` names it", body = ErrorBody),
+    )
+)]
 pub(crate) async fn erase_pair(
     State(s): State<AppState>,
     PairPath(pair): PairPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EraseResponse>, ApiError> {
     let memories = s.memories.delete_pair(&pair).await?;
     let batches = s
         .messages
         .erase_batches(&pair.user_id, Some(&pair.character_name))
         .await?;
     tracing::info!(memories, batches, "erased a pair's memories");
-    Ok(Json(json!({
-        "user_id": pair.user_id,
-        "character_name": pair.character_name,
-        "memories_deleted": memories,
-        "batches_deleted": batches,
-    })))
+    Ok(Json(EraseResponse {
+        user_id: pair.user_id,
+        character_name: Some(pair.character_name),
+        memories_deleted: memories,
+        batches_deleted: batches,
+    }))
 }
 
-pub(crate) async fn liveness() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: answers while the process runs; checks no dependency.
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "the process runs", body = StatusResponse))
+)]
+pub(crate) async fn liveness() -> Json<StatusResponse> {
+    Json(StatusResponse {
+        status: "ok".into(),
+    })
 }
 
+/// Each component's state (also served as `/readyz`).
+#[utoipa::path(
+    get, path = "/memory/health", tag = "health",
+    responses(
+        (status = 200, description = "every component is up", body = HealthResponse),
+        (status = 503, description = "a component is down", body = HealthResponse),
+    )
+)]
 pub(crate) async fn health(State(s): State<AppState>) -> Response {
     let (m, v, b) = tokio::join!(s.messages.ping(), s.memories.ping(), s.bus.ping());
     let state = |r: &Result<(), crate::PortError>| match r {
-        Ok(()) => json!({"status": "ok"}),
-        Err(e) => json!({"status": "down", "kind": e.kind()}),
+        Ok(()) => ComponentHealth::ok(),
+        Err(e) => ComponentHealth {
+            status: "down".into(),
+            kind: Some(e.kind().into()),
+            ..ComponentHealth::ok()
+        },
     };
     let ok = m.is_ok() && v.is_ok() && b.is_ok();
-    let body = json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "components": {
-            "message_store": state(&m),
-            "memory_store": state(&v),
-            "event_bus": state(&b),
-            "extractor": {"status": "ok", "mode": s.extractor_name},
-            "embedder": {"status": "ok", "model": s.embedder.name(), "dimension": s.embedder.dimension()},
-        }
-    });
+    let body = HealthResponse {
+        status: if ok { "ok" } else { "degraded" }.into(),
+        components: HealthComponents {
+            message_store: state(&m),
+            memory_store: state(&v),
+            event_bus: state(&b),
+            extractor: ComponentHealth {
+                mode: Some(s.extractor_name.clone()),
+                ..ComponentHealth::ok()
+            },
+            embedder: ComponentHealth {
+                model: Some(s.embedder.name()),
+                dimension: Some(s.embedder.dimension()),
+                ..ComponentHealth::ok()
+            },
+        },
+    };
     let code = if ok {
         StatusCode::OK
     } else {
@@ -377,10 +505,40 @@ pub(crate) async fn health(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Readiness for Kubernetes: the same answer as `/memory/health`.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "every component is up", body = HealthResponse),
+        (status = 503, description = "a component is down", body = HealthResponse),
+    )
+)]
+pub(crate) async fn readiness(state: State<AppState>) -> Response {
+    health(state).await
+}
+
+/// Prometheus metrics in the text exposition format (no user data).
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "the metrics", body = String, content_type = "text/plain"))
+)]
 pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document: the OpenAPI 3.1 description of the API.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json"))
+)]
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_json(),
     )
         .into_response()
 }

@@ -12,10 +12,16 @@
 //! | `DELETE /memory/{user_id}[/{character_name}]` | erase memories and batch records (GDPR) |
 //! | `GET /memory/health`, `/healthz`, `/readyz` | component status (no auth) |
 //! | `GET /metrics` | Prometheus metrics (no auth; no user data) |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of all of the above (no auth) |
+//!
+//! The routes are declared once, in the tables below ([`routes`] lists them); [`openapi`] builds
+//! the document from the handlers' annotations and a test checks that both name the same routes.
 
+pub mod api;
 mod error;
 mod extract;
 mod handlers;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +29,10 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::MethodRouter;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
@@ -61,53 +67,78 @@ pub struct AppState {
     pub webhook_secret: Option<Arc<str>>,
 }
 
+/// One route: method, path template, handler.
+type Route = (Method, &'static str, MethodRouter<AppState>);
+
+/// `METHOD "/path" => handler, ...` into [`Route`]s, naming each method once.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        vec![$((
+            Method::$method,
+            $path,
+            axum::routing::on(axum::routing::MethodFilter::$method, $handler),
+        )),*]
+    };
+}
+
+/// No auth: probes, metrics and the OpenAPI document.
+fn open_routes() -> Vec<Route> {
+    routes![
+        GET "/memory/health" => handlers::health,
+        GET "/healthz" => handlers::liveness,
+        GET "/readyz" => handlers::readiness,
+        GET "/metrics" => handlers::metrics,
+        GET "/openapi.json" => handlers::openapi,
+    ]
+}
+
+/// The Cloud Function's webhook: its own secret (bearer or HMAC), else the API key.
+fn webhook_routes() -> Vec<Route> {
+    routes![POST "/firebase/message-created" => handlers::message_created]
+}
+
+/// Everything else: the API key.
+fn guarded_routes() -> Vec<Route> {
+    routes![
+        POST "/memory/messages/{user_id}/{character_name}" => handlers::append_message,
+        POST "/memory/check-batch/{user_id}/{character_name}" => handlers::check_batch,
+        GET "/memory/search/{user_id}/{character_name}" => handlers::search,
+        GET "/memory/stats/{user_id}/{character_name}" => handlers::stats,
+        GET "/memory/context/{user_id}/{character_name}" => handlers::context,
+        POST "/memory/enhance-prompt/{user_id}/{character_name}" => handlers::enhance_prompt,
+        DELETE "/memory/{user_id}" => handlers::erase_user,
+        DELETE "/memory/{user_id}/{character_name}" => handlers::erase_pair,
+    ]
+}
+
+/// Every route [`router`] serves, as (method, path template).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    [open_routes(), webhook_routes(), guarded_routes()]
+        .into_iter()
+        .flatten()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
+fn mount(routes: Vec<Route>) -> Router<AppState> {
+    routes
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
+}
+
 /// Builds the router with auth, body limit and metrics layers.
 pub fn router(state: AppState) -> Router {
-    let open = Router::new()
-        .route("/memory/health", get(handlers::health))
-        .route("/healthz", get(handlers::liveness))
-        .route("/readyz", get(handlers::health))
-        .route("/metrics", get(handlers::metrics));
-    let webhook = Router::new()
-        .route("/firebase/message-created", post(handlers::message_created))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_webhook_auth,
-        ));
-    let guarded = Router::new()
-        .route(
-            "/memory/messages/{user_id}/{character_name}",
-            post(handlers::append_message),
-        )
-        .route(
-            "/memory/check-batch/{user_id}/{character_name}",
-            post(handlers::check_batch),
-        )
-        .route(
-            "/memory/search/{user_id}/{character_name}",
-            get(handlers::search),
-        )
-        .route(
-            "/memory/stats/{user_id}/{character_name}",
-            get(handlers::stats),
-        )
-        .route(
-            "/memory/context/{user_id}/{character_name}",
-            get(handlers::context),
-        )
-        .route(
-            "/memory/enhance-prompt/{user_id}/{character_name}",
-            post(handlers::enhance_prompt),
-        )
-        .route("/memory/{user_id}", delete(handlers::erase_user))
-        .route(
-            "/memory/{user_id}/{character_name}",
-            delete(handlers::erase_pair),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+    let open = mount(open_routes());
+    let webhook = mount(webhook_routes()).route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_webhook_auth,
+    ));
+    let guarded = mount(guarded_routes()).route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_api_key,
+    ));
     open.merge(guarded)
         .merge(webhook)
         .fallback(|| async {

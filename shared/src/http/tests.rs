@@ -571,3 +571,22 @@ async fn erasure_deletes_one_pair_or_every_character_of_a_user() {
     let (s, v) = call(&r.app, "DELETE", "/memory/a%2Fb", None, Some("k")).await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "user_id"));
 }
+
+#[tokio::test]
+async fn openapi_json_is_served_without_the_key() {
+    let r = rig(Some("k"));
+    let (status, doc) = call(&r.app, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // Every documented operation is routed: none falls through to the 404 fallback or a 405.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let uri = path
+                .replace("{user_id}", "u1")
+                .replace("{character_name}", "meher");
+            let (status, body) = call(&r.app, &method.to_uppercase(), &uri, None, None).await;
+            assert_ne!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
+    }
+}
