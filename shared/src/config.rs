@@ -401,7 +401,7 @@ pub struct StandaloneArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Bearer token required by every endpoint but health and metrics.
+    /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Stores and model.
@@ -481,7 +481,7 @@ pub struct WorkerArgs {
     /// Address of the worker's HTTP API (health, metrics, reads).
     #[arg(long, env = "RECALL_WORKER_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: SocketAddr,
-    /// Bearer token required by every endpoint but health and metrics.
+    /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// This worker's id on batch claims (default: a random one).
@@ -509,7 +509,7 @@ pub struct PublisherArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "RECALL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Bearer token required by every endpoint but health and metrics.
+    /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Secret of the Cloud Function webhook: `Authorization: Bearer <secret>` or
