@@ -418,6 +418,8 @@ with guard("facts from the source"):
         return emitted[metric][order.index(label)]
 
     routes = set(re.findall(r'\.route\(\s*"([^"]+)"', all_rust))
+    # The route table of shared/src/http/mod.rs: `routes![GET "/path" => handler, ...]`.
+    routes |= set(re.findall(r'\b(?:GET|POST|PUT|PATCH|DELETE)\s+"(/[^"]*)"\s*=>', all_rust))
 
     # RabbitMQ topology (shared/src/adapters/rabbitmq.rs).
     rabbitmq_rs = (ROOT / "shared" / "src" / "adapters" / "rabbitmq.rs").read_text()
