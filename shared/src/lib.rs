@@ -16,6 +16,7 @@
 //! - [`config`]: settings from flags and environment.
 //! - [`portability`]: export and import of a user's memories as JSON lines.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`telemetry`]: log setup and what logs may say about a pair.
 //! - `testkit` (feature `testkit`): contract suites every adapter of a port must pass.
 
 pub mod adapters;
@@ -31,6 +32,7 @@ pub mod pipeline;
 pub mod portability;
 pub mod ports;
 pub mod runtime;
+pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 

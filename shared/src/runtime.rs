@@ -182,7 +182,7 @@ pub async fn run_workers(
                             .expect("counter lock")
                             .seed(&event, n, threshold),
                         Err(e) => {
-                            tracing::warn!(pair = %pair.hash_hex(), error = %e, "cannot seed counter");
+                            tracing::warn!(pair = %crate::telemetry::pair_label(&pair), error = %e, "cannot seed counter");
                             if let Err(e) = settle.retry(&format!("seeding the counter: {e}")).await
                             {
                                 tracing::warn!(error = %e, "cannot hand the event back");
