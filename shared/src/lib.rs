@@ -15,7 +15,7 @@
 //! - [`adapters`]: the real systems behind the ports.
 //! - [`config`]: settings from flags and environment.
 //! - [`portability`]: export and import of a user's memories as JSON lines.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`instrumented`]: the port decorators that feed them.
 //! - [`telemetry`]: log setup and what logs may say about a pair.
 //! - `testkit` (feature `testkit`): contract suites every adapter of a port must pass.
 
@@ -26,6 +26,7 @@ pub mod context;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod instrumented;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;

@@ -16,6 +16,7 @@ use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
 use crate::error::PortResult;
 use crate::http::{AppState, check_exposure, router};
+use crate::instrumented::{instrument, instrument_bus};
 use crate::pipeline::{Deps, Engine, EngineConfig};
 use crate::ports::{Delivery, EventBus, MessageEvent};
 use crate::runtime::{WorkerConfig, run_workers};
@@ -38,13 +39,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// The API around the given adapters, publishing to `bus`; no workers.
+    /// The API around the given adapters, publishing to `bus`; no workers. Every port and the
+    /// bus are wrapped in their metric decorators ([`crate::instrumented`]) here, once for the
+    /// API and the workers alike: pass them unwrapped.
     pub fn new(
         deps: Deps,
         bus: Arc<dyn EventBus>,
         engine: EngineConfig,
         api_key: Option<String>,
     ) -> Self {
+        let deps = instrument(deps);
+        let bus = instrument_bus(bus, deps.metrics.clone());
         let state = AppState {
             messages: deps.messages.clone(),
             memories: deps.memories.clone(),

@@ -1075,6 +1075,7 @@ pub struct OpenAiEmbedder {
     /// `dimensions` sent with each request (not for ada-002, which refuses it).
     send_dimensions: Option<u32>,
     tokens: AtomicU64,
+    prices: OpenAiPrices,
 }
 
 impl OpenAiEmbedder {
@@ -1116,6 +1117,7 @@ impl OpenAiEmbedder {
             dimension,
             send_dimensions,
             tokens: AtomicU64::new(0),
+            prices: settings.prices,
         })
     }
 
@@ -1228,6 +1230,14 @@ impl Embedder for OpenAiEmbedder {
 
     fn name(&self) -> String {
         format!("openai:{}", self.model)
+    }
+
+    fn tokens_used(&self) -> u64 {
+        OpenAiEmbedder::tokens_used(self)
+    }
+
+    fn estimate_cost_usd(&self, tokens: u64) -> f64 {
+        estimate_embedding_cost_usd(tokens, &self.prices)
     }
 }
 
