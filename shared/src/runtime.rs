@@ -256,7 +256,8 @@ pub async fn run_workers(
                     let mut failure = None;
                     loop {
                         if let Err(e) = engine.run_until_idle(&pair).await {
-                            tracing::warn!(error = %e, "batch job failed; it will be retried");
+                            // The engine logged the failure with its batch span.
+                            tracing::debug!(error = %e, "batch job failed; it will be retried");
                             failure = Some(e.to_string());
                         }
                         counter.lock().expect("counter lock").reset(&pair);
