@@ -283,7 +283,8 @@ pub async fn run_workers(
         }
     };
 
-    // Sweep: finds pairs that are due but were never announced (crash, lost event, failure).
+    // Sweep: finds pairs that are due but were never announced (crash, lost event, failure), and
+    // measures the backlog while at it.
     let sweep_loop = {
         let (engine, bus, shutdown) = (engine.clone(), bus.clone(), shutdown.clone());
         async move {
@@ -296,6 +297,12 @@ pub async fn run_workers(
                 }
                 match engine.deps().messages.unsynced_pairs(min).await {
                     Ok(pairs) => {
+                        let m = &engine.deps().metrics;
+                        let threshold = engine.config().rules.threshold as u64;
+                        m.unsynced_messages
+                            .set(pairs.iter().map(|(_, n)| *n as i64).sum());
+                        m.due_pairs
+                            .set(pairs.iter().filter(|(_, n)| *n >= threshold).count() as i64);
                         for (pair, _) in pairs {
                             if bus.publish_batch_job(&pair).await.is_err() {
                                 break;
