@@ -15,7 +15,7 @@ use crate::adapters::memory_bus::in_process_bus;
 use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
 use crate::error::PortResult;
-use crate::http::{AppState, check_exposure, router};
+use crate::http::{AppState, ReadinessCheck, check_exposure, router};
 use crate::instrumented::{instrument, instrument_bus};
 use crate::pipeline::{Deps, Engine, EngineConfig};
 use crate::ports::{Delivery, EventBus, MessageEvent};
@@ -60,6 +60,7 @@ impl Node {
             extractor_name: deps.extractor.name(),
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
             webhook_secret: None,
+            checks: Vec::new(),
         };
         Self {
             engine: Engine::new(deps, engine),
@@ -80,6 +81,12 @@ impl Node {
             events,
             jobs,
         });
+        self
+    }
+
+    /// Adds a readiness check (reported under its name by `/readyz`; 503 while it fails).
+    pub fn with_readiness_check(mut self, check: ReadinessCheck) -> Self {
+        self.state.checks.push(check);
         self
     }
 

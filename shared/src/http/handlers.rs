@@ -49,10 +49,6 @@ pub(crate) async fn message_created(
         .publish_event(&event)
         .await
         .map_err(|e| ApiError::unavailable("the event bus", &e))?;
-    s.metrics
-        .events_total
-        .with_label_values(&["accepted"])
-        .inc();
     Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted"}))).into_response())
 }
 
@@ -348,26 +344,70 @@ pub(crate) async fn erase_pair(
     })))
 }
 
+/// Liveness: the process is up and serving. Never looks at a dependency, so an outage of the
+/// broker or a store does not get every replica restarted.
 pub(crate) async fn liveness() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub(crate) async fn health(State(s): State<AppState>) -> Response {
-    let (m, v, b) = tokio::join!(s.messages.ping(), s.memories.ping(), s.bus.ping());
-    let state = |r: &Result<(), crate::PortError>| match r {
+/// How long readiness waits for one dependency before reporting it down.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One component's entry in the readiness answer, from its probe's result.
+fn component(result: &crate::PortResult<()>, latency: Option<std::time::Duration>) -> Value {
+    let mut v = match result {
         Ok(()) => json!({"status": "ok"}),
         Err(e) => json!({"status": "down", "kind": e.kind()}),
     };
-    let ok = m.is_ok() && v.is_ok() && b.is_ok();
+    if let Some(l) = latency {
+        v["latency_ms"] = json!(l.as_millis() as u64);
+    }
+    v
+}
+
+/// Pings with a deadline: a dependency that hangs is down, and the probe still answers in time.
+async fn ping_within(
+    ping: impl std::future::Future<Output = crate::PortResult<()>>,
+) -> (crate::PortResult<()>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(PING_TIMEOUT, ping)
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::PortError::unavailable(
+                "health",
+                format!("no answer within {PING_TIMEOUT:?}"),
+            ))
+        });
+    (result, started.elapsed())
+}
+
+/// Readiness (`/readyz`, `/memory/health`): pings the message store, the memory store and the
+/// event bus (broker) at once, reads the node's extra checks (a worker's consumers), and reports
+/// the model configuration. 503 when any of them is down: the process cannot do its job.
+pub(crate) async fn health(State(s): State<AppState>) -> Response {
+    let ((m, m_ms), (v, v_ms), (b, b_ms)) = tokio::join!(
+        ping_within(s.messages.ping()),
+        ping_within(s.memories.ping()),
+        ping_within(s.bus.ping()),
+    );
+    let mut ok = m.is_ok() && v.is_ok() && b.is_ok();
+    let mut components = json!({
+        "message_store": component(&m, Some(m_ms)),
+        "memory_store": component(&v, Some(v_ms)),
+        "event_bus": component(&b, Some(b_ms)),
+        // Validated at start-up (a bad setting stops the process); calls are watched through
+        // recall_llm_requests_total, not here, so a model outage does not unready the API.
+        "extractor": {"status": "ok", "mode": s.extractor_name},
+        "embedder": {"status": "ok", "model": s.embedder.name(), "dimension": s.embedder.dimension()},
+    });
+    for check in &s.checks {
+        let result = (check.probe)();
+        ok &= result.is_ok();
+        components[check.name] = component(&result, None);
+    }
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
-        "components": {
-            "message_store": state(&m),
-            "memory_store": state(&v),
-            "event_bus": state(&b),
-            "extractor": {"status": "ok", "mode": s.extractor_name},
-            "embedder": {"status": "ok", "model": s.embedder.name(), "dimension": s.embedder.dimension()},
-        }
+        "components": components,
     });
     let code = if ok {
         StatusCode::OK
