@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::memory_bus::in_process_bus;
 use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
-use crate::error::PortResult;
+use crate::error::{PortError, PortResult};
 use crate::http::{AppState, ReadinessCheck, check_exposure, router};
 use crate::instrumented::{instrument, instrument_bus};
 use crate::pipeline::{Deps, Engine, EngineConfig};
@@ -119,8 +119,26 @@ impl Node {
     ) -> PortResult<(Self, AmqpConsumers)> {
         let bus = AmqpBus::connect(settings.clone()).await?;
         let (consumers, events, jobs) = AmqpConsumers::start(settings, shutdown).await?;
-        let node =
-            Self::new(deps, Arc::new(bus), engine, api_key).with_workers(workers, events, jobs);
+        let connected = &deps.metrics.amqp_connected;
+        bus.connection()
+            .report_to(connected.with_label_values(&["publisher"]));
+        let consumer = consumers.connection();
+        consumer.report_to(connected.with_label_values(&["consumer"]));
+        let node = Self::new(deps, Arc::new(bus), engine, api_key)
+            .with_workers(workers, events, jobs)
+            .with_readiness_check(ReadinessCheck {
+                name: "consumers",
+                probe: Arc::new(move || {
+                    if consumer.is_up() {
+                        Ok(())
+                    } else {
+                        Err(PortError::unavailable(
+                            "rabbitmq",
+                            "the consumers are not connected to the broker",
+                        ))
+                    }
+                }),
+            });
         Ok((node, consumers))
     }
 
@@ -140,6 +158,11 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
+        bus.connection().report_to(
+            deps.metrics
+                .amqp_connected
+                .with_label_values(&["publisher"]),
+        );
         Ok(Self::new(deps, Arc::new(bus), engine, api_key))
     }
 
