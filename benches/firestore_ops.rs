@@ -35,9 +35,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("FIRESTORE_EMULATOR_HOST").is_none() {
         anyhow::bail!("needs the Firestore emulator: eval \"$(scripts/services.sh)\" first");
     }
-    recall_shared::config::init_logging(&recall_shared::config::LogArgs {
-        log_format: "text".into(),
-    });
+    recall_shared::config::init_logging(&recall_shared::config::LogArgs::default());
     let (pairs_n, per_pair) = (env("BENCH_PAIRS", 10), env("BENCH_MESSAGES", 100));
     let project = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let args = FirestoreArgs {

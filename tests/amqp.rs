@@ -461,8 +461,49 @@ async fn duplicate_and_reordered_events_count_once() {
     .await;
     assert_eq!(w.extractor.calls.load(Ordering::SeqCst), 1);
     assert_eq!(s.messages.stats(&pair).await.unwrap().synced, 25);
+
+    // What the two processes report: 49 events accepted and confirmed by the broker, both
+    // connections of the worker up, readiness naming the consumers.
+    let p = &publisher.metrics;
+    assert_eq!(p.events_total.with_label_values(&["accepted"]).get(), 49);
+    assert_eq!(
+        p.publishes_total.with_label_values(&["event", "ok"]).get(),
+        49
+    );
+    assert_eq!(
+        p.publish_duration_seconds
+            .with_label_values(&["event"])
+            .get_sample_count(),
+        49
+    );
+    assert_eq!(p.amqp_connected.with_label_values(&["publisher"]).get(), 1);
+    let wm = w.metrics.clone();
+    for role in ["publisher", "consumer"] {
+        assert_eq!(
+            wm.amqp_connected.with_label_values(&[role]).get(),
+            1,
+            "{role}"
+        );
+    }
+    assert!(
+        wm.publishes_total
+            .with_label_values(&["batch_job", "ok"])
+            .get()
+            >= 1
+    );
+    let ready = reqwest::get(format!("{}/readyz", w.base)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["components"]["consumers"]["status"], "ok", "{ready}");
+    assert_eq!(ready["components"]["event_bus"]["status"], "ok", "{ready}");
+
     publisher.stop().await;
     w.stop().await;
+    assert_eq!(
+        wm.amqp_connected.with_label_values(&["consumer"]).get(),
+        0,
+        "the consumers disconnected at shutdown"
+    );
     delete_queues(&s.prefix);
 }
 

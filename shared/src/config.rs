@@ -536,18 +536,70 @@ pub struct LogArgs {
     /// `text` (default) or `json`.
     #[arg(long, env = "RECALL_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+    /// Write raw user ids and character names in logs instead of pair hashes (`true`/`false`).
+    #[arg(
+        long,
+        env = "RECALL_LOG_IDS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub log_ids: bool,
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+impl Default for LogArgs {
+    /// Text lines, pair hashes.
+    fn default() -> Self {
+        Self {
+            log_format: "text".into(),
+            log_ids: false,
+        }
+    }
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines on
+/// stderr (see [`crate::telemetry`]), pair hashes unless `RECALL_LOG_IDS` is true.
 pub fn init_logging(args: &LogArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_format.eq_ignore_ascii_case("json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    use std::io::IsTerminal;
+
+    use crate::telemetry::{LogFormat, env_filter, set_log_ids, subscriber};
+    set_log_ids(args.log_ids);
+    let subscriber = subscriber(
+        LogFormat::parse(&args.log_format),
+        env_filter(),
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        eprintln!("a tracing subscriber was already installed; keeping it");
+    }
+    if args.log_ids {
+        tracing::warn!("RECALL_LOG_IDS is on: logs carry raw user ids and character names");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::LogArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn log_ids_default_off_and_take_a_boolish_value() {
+        let off = Cli::try_parse_from(["t"]).unwrap();
+        assert!(!off.log.log_ids);
+        assert_eq!(off.log.log_format, "text");
+        for (v, want) in [("true", true), ("1", true), ("false", false), ("no", false)] {
+            let cli = Cli::try_parse_from(["t", "--log-ids", v]).unwrap();
+            assert_eq!(cli.log.log_ids, want, "{v}");
+        }
+        assert!(Cli::try_parse_from(["t", "--log-ids", "maybe"]).is_err());
     }
 }

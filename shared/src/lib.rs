@@ -17,7 +17,8 @@
 //! - [`adapters`]: the real systems behind the ports.
 //! - [`config`]: settings from flags and environment.
 //! - [`portability`]: export and import of a user's memories as JSON lines.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`instrumented`]: the port decorators that feed them.
+//! - [`telemetry`]: log setup and what logs may say about a pair.
 //! - `testkit` (feature `testkit`): contract suites every adapter of a port must pass.
 
 pub mod adapters;
@@ -29,12 +30,14 @@ pub mod domain;
 pub mod error;
 pub mod eval;
 pub mod http;
+pub mod instrumented;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod portability;
 pub mod ports;
 pub mod runtime;
+pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::memory_bus::in_process_bus;
 use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
-use crate::error::PortResult;
-use crate::http::{AppState, check_exposure, router};
+use crate::error::{PortError, PortResult};
+use crate::http::{AppState, ReadinessCheck, check_exposure, router};
+use crate::instrumented::{instrument, instrument_bus};
 use crate::pipeline::{Deps, Engine, EngineConfig};
 use crate::ports::{Delivery, EventBus, MessageEvent};
 use crate::runtime::{WorkerConfig, run_workers};
@@ -38,13 +39,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// The API around the given adapters, publishing to `bus`; no workers.
+    /// The API around the given adapters, publishing to `bus`; no workers. Every port and the
+    /// bus are wrapped in their metric decorators ([`crate::instrumented`]) here, once for the
+    /// API and the workers alike: pass them unwrapped.
     pub fn new(
         deps: Deps,
         bus: Arc<dyn EventBus>,
         engine: EngineConfig,
         api_key: Option<String>,
     ) -> Self {
+        let deps = instrument(deps);
+        let bus = instrument_bus(bus, deps.metrics.clone());
         let state = AppState {
             messages: deps.messages.clone(),
             memories: deps.memories.clone(),
@@ -55,6 +60,7 @@ impl Node {
             extractor_name: deps.extractor.name(),
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
             webhook_secret: None,
+            checks: Vec::new(),
         };
         Self {
             engine: Engine::new(deps, engine),
@@ -75,6 +81,12 @@ impl Node {
             events,
             jobs,
         });
+        self
+    }
+
+    /// Adds a readiness check (reported under its name by `/readyz`; 503 while it fails).
+    pub fn with_readiness_check(mut self, check: ReadinessCheck) -> Self {
+        self.state.checks.push(check);
         self
     }
 
@@ -107,8 +119,26 @@ impl Node {
     ) -> PortResult<(Self, AmqpConsumers)> {
         let bus = AmqpBus::connect(settings.clone()).await?;
         let (consumers, events, jobs) = AmqpConsumers::start(settings, shutdown).await?;
-        let node =
-            Self::new(deps, Arc::new(bus), engine, api_key).with_workers(workers, events, jobs);
+        let connected = &deps.metrics.amqp_connected;
+        bus.connection()
+            .report_to(connected.with_label_values(&["publisher"]));
+        let consumer = consumers.connection();
+        consumer.report_to(connected.with_label_values(&["consumer"]));
+        let node = Self::new(deps, Arc::new(bus), engine, api_key)
+            .with_workers(workers, events, jobs)
+            .with_readiness_check(ReadinessCheck {
+                name: "consumers",
+                probe: Arc::new(move || {
+                    if consumer.is_up() {
+                        Ok(())
+                    } else {
+                        Err(PortError::unavailable(
+                            "rabbitmq",
+                            "the consumers are not connected to the broker",
+                        ))
+                    }
+                }),
+            });
         Ok((node, consumers))
     }
 
@@ -128,6 +158,11 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
+        bus.connection().report_to(
+            deps.metrics
+                .amqp_connected
+                .with_label_values(&["publisher"]),
+        );
         Ok(Self::new(deps, Arc::new(bus), engine, api_key))
     }
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
+use tracing::Instrument;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::batching::{BatchRules, Due, batch_id, memory_id};
@@ -24,6 +26,7 @@ use crate::ports::{
     BatchPlan, Claim, Embedder, ExtractionRequest, Extractor, MemoryPoint, MemoryStore,
     MessageStore, SearchQuery,
 };
+use crate::telemetry::pair_label;
 
 /// Capped exponential backoff with jitter, for retryable [`PortError`]s only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +141,17 @@ impl Stage {
             Stage::Flip => "flip",
         }
     }
+
+    /// The field of the `batch` span holding the stage's duration in milliseconds.
+    pub fn span_field(self) -> &'static str {
+        match self {
+            Stage::Claim => "claim_ms",
+            Stage::Extract => "extract_ms",
+            Stage::Embed => "embed_ms",
+            Stage::Upsert => "upsert_ms",
+            Stage::Flip => "flip_ms",
+        }
+    }
 }
 
 /// A batch that failed; its messages stay unsynced for a retry.
@@ -237,12 +251,17 @@ impl Engine {
         }
     }
 
-    /// Plans, claims and runs at most one batch of the pair.
+    /// Plans, claims and runs at most one batch of the pair. A claimed batch runs in a `batch`
+    /// span (batch id, pair hash, attempt, stage timings; see [`crate::telemetry`]).
     pub async fn run_once(&self, pair: &Pair) -> Result<BatchResult, BatchError> {
         let m = &self.deps.metrics;
         let started = Instant::now();
         for _ in 0..MAX_REPLANS {
-            let plan = match self.plan(pair).await? {
+            let planned = self
+                .plan(pair)
+                .await
+                .map_err(|e| self.failed_unclaimed(pair, e))?;
+            let plan = match planned {
                 Planned::Batch(plan) => plan,
                 Planned::NotDue => return Ok(BatchResult::NotDue),
                 Planned::HeldElsewhere => {
@@ -260,16 +279,39 @@ impl Engine {
                     )
                 })
                 .await
-                .map_err(|e| fail(&plan.batch_id, Stage::Claim, e))?;
+                .map_err(|e| self.failed_unclaimed(pair, fail(&plan.batch_id, Stage::Claim, e)))?;
             match claim {
                 Claim::Acquired(claimed) => {
+                    let claimed_after = started.elapsed();
                     m.batch_stage_seconds
-                        .with_label_values(&["claim"])
-                        .observe(started.elapsed().as_secs_f64());
+                        .with_label_values(&[Stage::Claim.as_str()])
+                        .observe(claimed_after.as_secs_f64());
+                    m.batches_started_total.inc();
+                    if claimed.attempt > 1 {
+                        m.batches_retried_total.inc();
+                    }
+                    let span = tracing::info_span!(
+                        "batch",
+                        batch_id = %plan.batch_id,
+                        pair = %pair_label(pair),
+                        attempt = claimed.attempt,
+                        messages = plan.messages.len(),
+                        claim_ms = claimed_after.as_millis() as u64,
+                        extract_ms = Empty,
+                        embed_ms = Empty,
+                        upsert_ms = Empty,
+                        flip_ms = Empty,
+                    );
                     m.batches_in_flight.inc();
-                    let result = self.run_claimed(pair, &plan, claimed).await;
+                    let result = self
+                        .run_claimed(pair, &plan, claimed)
+                        .instrument(span.clone())
+                        .await;
                     m.batches_in_flight.dec();
-                    return self.finish(pair, &plan, result).await;
+                    return self
+                        .finish(pair, &plan, result, started)
+                        .instrument(span)
+                        .await;
                 }
                 Claim::Held { .. } => {
                     m.batches_total.with_label_values(&["busy"]).inc();
@@ -279,6 +321,26 @@ impl Engine {
             }
         }
         Ok(BatchResult::Busy)
+    }
+
+    /// Counts and logs a failure before any batch was claimed (planning or claiming).
+    fn failed_unclaimed(&self, pair: &Pair, e: BatchError) -> BatchError {
+        self.count_failure(&e);
+        tracing::warn!(
+            pair = %pair_label(pair),
+            stage = e.stage.as_str(),
+            error = %e.source,
+            "could not plan or claim a batch; its messages stay unsynced for a retry"
+        );
+        e
+    }
+
+    fn count_failure(&self, e: &BatchError) {
+        let m = &self.deps.metrics;
+        m.batches_total.with_label_values(&["failed"]).inc();
+        m.batch_failures_total
+            .with_label_values(&[e.stage.as_str(), e.source.kind()])
+            .inc();
     }
 
     /// The pair's open batch if there is one, else a new batch if the pair is due.
@@ -505,6 +567,7 @@ impl Engine {
         pair: &Pair,
         plan: &BatchPlan,
         result: Result<BatchReport, BatchError>,
+        started: Instant,
     ) -> Result<BatchResult, BatchError> {
         let m = &self.deps.metrics;
         match result {
@@ -512,13 +575,13 @@ impl Engine {
                 m.batches_total.with_label_values(&["succeeded"]).inc();
                 m.last_batch_success_timestamp_seconds
                     .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                // The `batch` span carries the batch id, pair, attempt and stage timings.
                 tracing::info!(
-                    batch_id = %report.batch_id,
-                    pair = %pair.hash_hex(),
-                    attempt = report.attempt,
                     messages = report.messages_synced,
                     memories = report.memories,
+                    superseded = report.superseded,
                     reused_extraction = report.reused_extraction,
+                    duration_ms = started.elapsed().as_millis() as u64,
                     "batch completed"
                 );
                 Ok(BatchResult::Completed(report))
@@ -526,14 +589,12 @@ impl Engine {
             Err(e) if matches!(e.source, PortError::Conflict(_)) => {
                 // Our lease expired and another worker took over: it owns the batch now.
                 m.batches_total.with_label_values(&["lost_lease"]).inc();
-                tracing::warn!(batch_id = %plan.batch_id, error = %e, "lost the batch lease");
+                tracing::warn!(error = %e, "lost the batch lease");
                 Ok(BatchResult::Busy)
             }
             Err(e) => {
-                m.batches_total.with_label_values(&["failed"]).inc();
+                self.count_failure(&e);
                 tracing::warn!(
-                    batch_id = %plan.batch_id,
-                    pair = %pair.hash_hex(),
                     stage = e.stage.as_str(),
                     error = %e.source,
                     "batch failed; its messages stay unsynced for a retry"
@@ -647,6 +708,7 @@ impl<'a> StageTimer<'a> {
             .batch_stage_seconds
             .with_label_values(&[stage.as_str()])
             .observe(elapsed.as_secs_f64());
+        tracing::Span::current().record(stage.span_field(), elapsed.as_millis() as u64);
         outcome
             .stage_millis
             .push((stage.as_str().to_owned(), elapsed.as_millis() as u64));
@@ -784,6 +846,39 @@ mod tests {
         let reports = r.engine.run_until_idle(&pair).await.unwrap();
         assert_eq!(reports[0].attempt, 2);
         assert_eq!(r.store.count_unsynced(&pair).await.unwrap(), 0);
+        let m = &r.metrics;
+        assert_eq!(
+            m.batch_failures_total
+                .with_label_values(&["extract", "rejected"])
+                .get(),
+            1
+        );
+        assert_eq!(m.batches_total.with_label_values(&["failed"]).get(), 1);
+        assert_eq!(
+            (m.batches_started_total.get(), m.batches_retried_total.get()),
+            (2, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_before_the_claim_is_counted_by_stage() {
+        let r = rig("w1");
+        let pair = unique_pair("plan");
+        seed(&r.store, &pair, 25).await;
+        r.store
+            .claim_faults
+            .fail_next(1, PortError::rejected("store", "permission denied"));
+        let err = r.engine.run_once(&pair).await.unwrap_err();
+        assert_eq!(err.stage, Stage::Claim);
+        let m = &r.metrics;
+        assert_eq!(m.batches_total.with_label_values(&["failed"]).get(), 1);
+        assert_eq!(
+            m.batch_failures_total
+                .with_label_values(&["claim", "rejected"])
+                .get(),
+            1
+        );
+        assert_eq!(m.batches_started_total.get(), 0, "nothing was claimed");
     }
 
     #[tokio::test]

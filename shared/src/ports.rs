@@ -242,6 +242,14 @@ pub trait Embedder: Send + Sync + 'static {
     fn dimension(&self) -> usize;
     /// A label for logs (model name).
     fn name(&self) -> String;
+    /// Input tokens the model reported over the embedder's lifetime (0 when it reports none).
+    fn tokens_used(&self) -> u64 {
+        0
+    }
+    /// Estimated cost in US dollars of `tokens` input tokens (0 when free).
+    fn estimate_cost_usd(&self, _tokens: u64) -> f64 {
+        0.0
+    }
 }
 
 /// "A message was created" as the Cloud Function (or the HTTP API) announces it.

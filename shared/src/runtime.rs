@@ -182,7 +182,7 @@ pub async fn run_workers(
                             .expect("counter lock")
                             .seed(&event, n, threshold),
                         Err(e) => {
-                            tracing::warn!(pair = %pair.hash_hex(), error = %e, "cannot seed counter");
+                            tracing::warn!(pair = %crate::telemetry::pair_label(&pair), error = %e, "cannot seed counter");
                             if let Err(e) = settle.retry(&format!("seeding the counter: {e}")).await
                             {
                                 tracing::warn!(error = %e, "cannot hand the event back");
@@ -256,7 +256,8 @@ pub async fn run_workers(
                     let mut failure = None;
                     loop {
                         if let Err(e) = engine.run_until_idle(&pair).await {
-                            tracing::warn!(error = %e, "batch job failed; it will be retried");
+                            // The engine logged the failure with its batch span.
+                            tracing::debug!(error = %e, "batch job failed; it will be retried");
                             failure = Some(e.to_string());
                         }
                         counter.lock().expect("counter lock").reset(&pair);
@@ -282,7 +283,8 @@ pub async fn run_workers(
         }
     };
 
-    // Sweep: finds pairs that are due but were never announced (crash, lost event, failure).
+    // Sweep: finds pairs that are due but were never announced (crash, lost event, failure), and
+    // measures the backlog while at it.
     let sweep_loop = {
         let (engine, bus, shutdown) = (engine.clone(), bus.clone(), shutdown.clone());
         async move {
@@ -295,6 +297,12 @@ pub async fn run_workers(
                 }
                 match engine.deps().messages.unsynced_pairs(min).await {
                     Ok(pairs) => {
+                        let m = &engine.deps().metrics;
+                        let threshold = engine.config().rules.threshold as u64;
+                        m.unsynced_messages
+                            .set(pairs.iter().map(|(_, n)| *n as i64).sum());
+                        m.due_pairs
+                            .set(pairs.iter().filter(|(_, n)| *n >= threshold).count() as i64);
                         for (pair, _) in pairs {
                             if bus.publish_batch_job(&pair).await.is_err() {
                                 break;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod observed;
+
 use serde::Deserialize;
 
 /// One line of a conversation file in `../shared/data/`.

@@ -582,7 +582,7 @@ impl FirestoreMessageStore {
             return;
         }
         tracing::warn!(
-            pair = %pair.hash_hex(),
+            pair = %crate::telemetry::pair_label(pair),
             message_id = %decoded.message.id,
             notes = %decoded.notes.join("; "),
             "a Firestore message needed repair"
@@ -607,21 +607,27 @@ impl FirestoreMessageStore {
                     self.remember_notes(pair, &d);
                     out.push(d.message);
                 }
-                None => self.skip_unusable(&doc).await?,
+                None => self.skip_unusable(pair, &doc).await?,
             }
         }
         Ok(out)
     }
 
-    async fn skip_unusable(&self, doc: &Document) -> PortResult<()> {
+    async fn skip_unusable(&self, pair: &Pair, doc: &Document) -> PortResult<()> {
         #[derive(Serialize, Deserialize)]
         struct Skip {
             sync: bool,
             memory_skip_reason: String,
         }
         let reason = "document id is not a valid message id ([A-Za-z0-9_.-], 1-128)";
-        tracing::warn!(document = %doc.name, reason, "skipping a Firestore message");
         let (parent, rest) = doc.name.rsplit_once('/').unwrap_or_default();
+        // The document path holds the user id: the pair appears as its label.
+        tracing::warn!(
+            pair = %crate::telemetry::pair_label(pair),
+            document_id = %rest.chars().take(64).collect::<String>(),
+            reason,
+            "skipping a Firestore message"
+        );
         let (parent, collection) = parent.rsplit_once('/').unwrap_or_default();
         self.db
             .fluent()
@@ -908,7 +914,7 @@ impl FirestoreMessageStore {
                 if !fresh {
                     // Not a plan of ours that is known fresh: check it the long way.
                     tracing::debug!(
-                        pair = %pair.hash_hex(),
+                        pair = %crate::telemetry::pair_label(pair),
                         observed = ?observed.map(|o| (o.generation, o.listed.len())),
                         generation = lock.generation,
                         "claim reads the planned messages"
@@ -1450,7 +1456,7 @@ impl MessageStore for FirestoreMessageStore {
                     .cloned()
                     .collect();
                 tracing::warn!(
-                    pair = %pair.hash_hex(),
+                    pair = %crate::telemetry::pair_label(pair),
                     batch_id,
                     missing = missing.len(),
                     "messages deleted before the flip; flipping the others"

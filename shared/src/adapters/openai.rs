@@ -1094,6 +1094,7 @@ pub struct OpenAiEmbedder {
     /// `dimensions` sent with each request (not for ada-002, which refuses it).
     send_dimensions: Option<u32>,
     tokens: AtomicU64,
+    prices: OpenAiPrices,
 }
 
 impl OpenAiEmbedder {
@@ -1135,6 +1136,7 @@ impl OpenAiEmbedder {
             dimension,
             send_dimensions,
             tokens: AtomicU64::new(0),
+            prices: settings.prices,
         })
     }
 
@@ -1247,6 +1249,14 @@ impl Embedder for OpenAiEmbedder {
 
     fn name(&self) -> String {
         format!("openai:{}", self.model)
+    }
+
+    fn tokens_used(&self) -> u64 {
+        OpenAiEmbedder::tokens_used(self)
+    }
+
+    fn estimate_cost_usd(&self, tokens: u64) -> f64 {
+        estimate_embedding_cost_usd(tokens, &self.prices)
     }
 }
 

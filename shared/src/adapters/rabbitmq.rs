@@ -39,6 +39,10 @@
 //!   confirmed copy first and ack the original after. A dropped handle settles nothing: the broker
 //!   redelivers when the channel closes. `Delivery::redeliveries` is the broker's
 //!   `x-delivery-count` plus `x-recall-attempt`.
+//! - **Connection state**: [`AmqpBus::connection`] and [`AmqpConsumers::connection`] tell
+//!   readiness and the `recall_amqp_connected{role}` gauge whether each connection is up. The
+//!   consumers' state changes the moment a session is lost or rebuilt; the publisher's when a
+//!   publish or a ping finds its link broken or makes a new one.
 //! - **Shutdown**: consumers are cancelled at once; the channels stay open up to `shutdown_grace`
 //!   so deliveries in flight can still be settled, then close, and unsettled ones go back.
 //! - **Dead-lettering** is `at-least-once` (`x-dead-letter-strategy`, which needs
@@ -68,6 +72,7 @@ use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
     ExchangeKind,
 };
+use prometheus::IntGauge;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -657,6 +662,51 @@ fn reconnect_backoff() -> ExponentialBackoff {
         .build()
 }
 
+/// Whether one broker connection of this process is up, shared with readiness and with the
+/// `recall_amqp_connected` gauge. Cheap to clone; clones share the state.
+#[derive(Clone, Default)]
+pub struct ConnectionState(Arc<Mutex<ConnectionInner>>);
+
+#[derive(Default)]
+struct ConnectionInner {
+    up: bool,
+    gauge: Option<IntGauge>,
+}
+
+impl fmt::Debug for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ConnectionState")
+            .field(&self.is_up())
+            .finish()
+    }
+}
+
+impl ConnectionState {
+    fn inner(&self) -> std::sync::MutexGuard<'_, ConnectionInner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, up: bool) {
+        let mut s = self.inner();
+        s.up = up;
+        if let Some(g) = &s.gauge {
+            g.set(i64::from(up));
+        }
+    }
+
+    /// Whether the connection is up now.
+    pub fn is_up(&self) -> bool {
+        self.inner().up
+    }
+
+    /// Mirrors the state into `gauge` (1 up, 0 down) from now on.
+    pub fn report_to(&self, gauge: IntGauge) {
+        let mut s = self.inner();
+        gauge.set(i64::from(s.up));
+        s.gauge = Some(gauge);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Publisher.
 
@@ -712,6 +762,7 @@ struct BusShared {
     topology: Topology,
     state: Mutex<BusState>,
     next_channel: AtomicUsize,
+    connection: ConnectionState,
 }
 
 impl BusShared {
@@ -728,6 +779,7 @@ impl BusShared {
         st.pending = None;
         match result {
             Ok(link) => {
+                self.connection.set(true);
                 st.link = Some(link.clone());
                 st.not_before = None;
                 st.backoff = reconnect_backoff();
@@ -737,6 +789,7 @@ impl BusShared {
                 Ok(link)
             }
             Err(e) => {
+                self.connection.set(false);
                 let delay = st.backoff.next().unwrap_or(RECONNECT_MAX);
                 st.not_before = Some((Instant::now() + delay, e.clone()));
                 tracing::warn!(error = %e, retry_in = ?delay, "rabbitmq publisher cannot connect");
@@ -828,8 +881,14 @@ impl AmqpBus {
                     lost: None,
                 }),
                 next_channel: AtomicUsize::new(0),
+                connection: ConnectionState::default(),
             }),
         })
+    }
+
+    /// Whether the publishing connection is up (as of the last publish, ping or reconnect).
+    pub fn connection(&self) -> ConnectionState {
+        self.shared.connection.clone()
     }
 
     /// The topology this bus declares.
@@ -845,6 +904,7 @@ impl AmqpBus {
                 match link.problem() {
                     None => return Ok(link),
                     Some(problem) => {
+                        self.shared.connection.set(false);
                         tracing::warn!(reason = %problem, "rabbitmq publisher reconnecting");
                         st.lost = Some(problem);
                         st.link = None;
@@ -1038,6 +1098,7 @@ async fn open_session(settings: &AmqpSettings, topology: &Arc<Topology>) -> Port
 #[derive(Debug)]
 pub struct AmqpConsumers {
     supervisor: JoinHandle<()>,
+    connection: ConnectionState,
 }
 
 impl AmqpConsumers {
@@ -1055,12 +1116,33 @@ impl AmqpConsumers {
         settings.validate()?;
         let topology = Arc::new(Topology::new(&settings));
         let first = open_session(&settings, &topology).await?;
+        let connection = ConnectionState::default();
+        connection.set(true);
         let (events_tx, events_rx) = mpsc::channel(usize::from(settings.prefetch));
         let (jobs_tx, jobs_rx) = mpsc::channel(usize::from(settings.batch_prefetch));
         let supervisor = tokio::spawn(supervise(
-            settings, topology, first, events_tx, jobs_tx, shutdown,
+            settings,
+            topology,
+            first,
+            events_tx,
+            jobs_tx,
+            shutdown,
+            connection.clone(),
         ));
-        Ok((AmqpConsumers { supervisor }, events_rx, jobs_rx))
+        Ok((
+            AmqpConsumers {
+                supervisor,
+                connection,
+            },
+            events_rx,
+            jobs_rx,
+        ))
+    }
+
+    /// Whether the consuming connection is up: set when a session starts, cleared the moment
+    /// it is lost (and at shutdown).
+    pub fn connection(&self) -> ConnectionState {
+        self.connection.clone()
     }
 
     /// Waits for the background tasks to end (after shutdown). Call it once the worker loops
@@ -1080,6 +1162,29 @@ async fn supervise(
     events: mpsc::Sender<Delivery<MessageEvent>>,
     jobs: mpsc::Sender<Delivery<Pair>>,
     shutdown: CancellationToken,
+    connection: ConnectionState,
+) {
+    supervise_sessions(
+        settings,
+        topology,
+        first,
+        events,
+        jobs,
+        shutdown,
+        &connection,
+    )
+    .await;
+    connection.set(false);
+}
+
+async fn supervise_sessions(
+    settings: AmqpSettings,
+    topology: Arc<Topology>,
+    first: Session,
+    events: mpsc::Sender<Delivery<MessageEvent>>,
+    jobs: mpsc::Sender<Delivery<Pair>>,
+    shutdown: CancellationToken,
+    connection: &ConnectionState,
 ) {
     let mut next = Some(first);
     let mut backoff = reconnect_backoff();
@@ -1088,6 +1193,7 @@ async fn supervise(
             Some(s) => s,
             None => match open_session(&settings, &topology).await {
                 Ok(s) => {
+                    connection.set(true);
                     backoff = reconnect_backoff();
                     tracing::info!("rabbitmq consumers reconnected");
                     s
@@ -1107,6 +1213,7 @@ async fn supervise(
         else {
             return;
         };
+        connection.set(false);
         let delay = backoff.next().unwrap_or(RECONNECT_MAX);
         tracing::warn!(reason = %reason, retry_in = ?delay, "rabbitmq consumer session lost; reconnecting");
         tokio::select! {
@@ -2141,6 +2248,11 @@ mod tests {
         assert!(err.retry_after().is_some(), "{err:?}");
         assert!(started.elapsed() < Duration::from_millis(100));
         assert!(bus.ping().await.is_err());
+        let gauge = IntGauge::new("t_connected", "test").unwrap();
+        gauge.set(7);
+        bus.connection().report_to(gauge.clone());
+        assert!(!bus.connection().is_up());
+        assert_eq!(gauge.get(), 0, "down, and the gauge says so");
 
         // amqps goes through rustls (ring): against the plain-text listener the handshake fails
         // cleanly, as an error, within the bound.
@@ -2173,6 +2285,14 @@ mod tests {
                 .await
                 .expect("consumers");
         let bus = AmqpBus::connect(settings.clone()).await.expect("bus");
+        let (publisher_up, consumer_up) = (
+            IntGauge::new("t_publisher", "test").unwrap(),
+            IntGauge::new("t_consumer", "test").unwrap(),
+        );
+        bus.connection().report_to(publisher_up.clone());
+        let consumer_state = consumers.connection();
+        consumer_state.report_to(consumer_up.clone());
+        assert_eq!((publisher_up.get(), consumer_up.get()), (1, 1));
 
         bus.publish_event(&event("before", "m1"))
             .await
@@ -2222,8 +2342,15 @@ mod tests {
             }
             assert_eq!(user, "before");
         }
+        assert_eq!(
+            (publisher_up.get(), consumer_up.get()),
+            (1, 1),
+            "both reconnected"
+        );
 
         stop(consumers, shutdown, events, jobs).await;
+        assert!(!consumer_state.is_up(), "down after shutdown");
+        assert_eq!(consumer_up.get(), 0);
         cleanup(&settings).await;
     }
 

@@ -454,6 +454,9 @@ pub struct HealthComponents {
     pub extractor: ComponentHealth,
     /// The embedder (`model`, `dimension`).
     pub embedder: ComponentHealth,
+    /// The node's own checks, by name (a worker's `consumers`).
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, ComponentHealth>,
 }
 
 /// One component's state.
@@ -474,6 +477,9 @@ pub struct ComponentHealth {
     /// The embedding dimension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimension: Option<usize>,
+    /// How long its ping took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
 }
 
 impl ComponentHealth {
@@ -485,6 +491,7 @@ impl ComponentHealth {
             mode: None,
             model: None,
             dimension: None,
+            latency_ms: None,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! | `GET /memory/context/{user_id}/{character_name}` | context block within a token budget |
 //! | `POST /memory/enhance-prompt/{user_id}/{character_name}` | system prompt + context |
 //! | `DELETE /memory/{user_id}[/{character_name}]` | erase memories and batch records (GDPR) |
-//! | `GET /memory/health`, `/healthz`, `/readyz` | component status (no auth) |
+//! | `GET /healthz` | liveness: the process answers; never looks at a dependency (no auth) |
+//! | `GET /readyz`, `/memory/health` | readiness: each dependency's state, 503 when one the process needs is down (no auth) |
 //! | `GET /metrics` | Prometheus metrics (no auth; no user data) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of all of the above (no auth) |
 //!
@@ -65,6 +66,26 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// Secret of the Cloud Function webhook (bearer or HMAC); falls back to `api_key` when unset.
     pub webhook_secret: Option<Arc<str>>,
+    /// Readiness checks beyond the ports, e.g. a worker's broker consumers.
+    pub checks: Vec<ReadinessCheck>,
+}
+
+/// A dependency readiness looks at besides the stores and the bus: its name in the answer and a
+/// probe that must not block (it reads a state kept up to date elsewhere).
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    /// Its key under `components`.
+    pub name: &'static str,
+    /// `Ok` when up; the error's kind is reported otherwise.
+    pub probe: Arc<dyn Fn() -> crate::PortResult<()> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One route: method, path template, handler.
@@ -238,7 +259,8 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let code = resp.status();
+    let status = code.as_u16().to_string();
     let m = &state.metrics;
     m.http_requests_total
         .with_label_values(&[&route, &method, &status])
@@ -246,7 +268,39 @@ async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) 
     m.http_request_duration_seconds
         .with_label_values(&[&route, &method])
         .observe(started.elapsed().as_secs_f64());
+    if INGEST_ROUTES.contains(&route.as_str()) {
+        count_ingest(m, code);
+    }
     resp
+}
+
+/// The routes through which message events enter: the Cloud Function webhook and the append
+/// endpoint (which stores the message and emits its event).
+const INGEST_ROUTES: [&str; 2] = [
+    "/firebase/message-created",
+    "/memory/messages/{user_id}/{character_name}",
+];
+
+/// One event received on an ingest route, by the answer it got: `accepted` (201, 202),
+/// `duplicate` (200: the message id was stored before) or `rejected` with a reason.
+fn count_ingest(m: &Metrics, status: axum::http::StatusCode) {
+    use axum::http::StatusCode as S;
+    let outcome = match status {
+        S::CREATED | S::ACCEPTED => "accepted",
+        S::OK => "duplicate",
+        _ => "rejected",
+    };
+    m.events_total.with_label_values(&[outcome]).inc();
+    if outcome == "rejected" {
+        let reason = match status {
+            S::UNAUTHORIZED | S::FORBIDDEN => "unauthorized",
+            S::PAYLOAD_TOO_LARGE => "too_large",
+            S::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_client_error() => "invalid",
+            _ => "error",
+        };
+        m.events_rejected_total.with_label_values(&[reason]).inc();
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Router tests with `oneshot`: auth, validation, and the shape of every answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -40,6 +41,7 @@ fn rig_with(api_key: Option<&str>, webhook_secret: Option<&str>) -> Rig {
         extractor_name: "offline".into(),
         api_key: api_key.map(Arc::from),
         webhook_secret: webhook_secret.map(Arc::from),
+        checks: Vec::new(),
     };
     Rig {
         app: router(state),
@@ -589,4 +591,199 @@ async fn openapi_json_is_served_without_the_key() {
             assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         }
     }
+}
+
+/// A bus whose ping never answers (a broker that accepts the TCP connection and says nothing).
+struct SilentBus;
+
+#[async_trait::async_trait]
+impl EventBus for SilentBus {
+    async fn publish_event(&self, _: &crate::ports::MessageEvent) -> crate::PortResult<()> {
+        std::future::pending().await
+    }
+    async fn publish_batch_job(&self, _: &Pair) -> crate::PortResult<()> {
+        std::future::pending().await
+    }
+    async fn ping(&self) -> crate::PortResult<()> {
+        std::future::pending().await
+    }
+}
+
+fn state_on(
+    memories: &InMemoryMemoryStore,
+    bus: Arc<dyn EventBus>,
+    checks: Vec<ReadinessCheck>,
+) -> AppState {
+    AppState {
+        messages: Arc::new(SqliteMessageStore::in_memory().unwrap()),
+        memories: Arc::new(memories.clone()),
+        embedder: Arc::new(HashEmbedder::new(32)),
+        bus,
+        metrics: Arc::new(Metrics::new()),
+        rules: BatchRules::default(),
+        extractor_name: "openai:gpt-4o-mini".into(),
+        api_key: None,
+        webhook_secret: None,
+        checks,
+    }
+}
+
+#[tokio::test]
+async fn liveness_ignores_dependencies_and_readiness_names_each_one_down() {
+    let memories = InMemoryMemoryStore::default();
+    let (bus, rx) = in_process_bus(10);
+    drop(rx); // the worker loops are gone: the bus is down
+    memories.ping_faults.fail_next(
+        2,
+        crate::PortError::unavailable("qdrant", "connection refused"),
+    );
+    let app = router(state_on(&memories, Arc::new(bus), Vec::new()));
+
+    let (s, v) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "ok"})));
+    for path in ["/readyz", "/memory/health"] {
+        let (s, v) = call(&app, "GET", path, None, None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{path}: {v}");
+        assert_eq!(v["status"], "degraded");
+        let c = &v["components"];
+        assert_eq!(c["message_store"]["status"], "ok", "{v}");
+        assert!(c["message_store"]["latency_ms"].is_u64(), "{v}");
+        assert_eq!(c["memory_store"]["status"], "down", "{v}");
+        assert_eq!(c["memory_store"]["kind"], "unavailable", "{v}");
+        assert_eq!(c["event_bus"]["status"], "down", "{v}");
+        assert_eq!(c["extractor"]["mode"], "openai:gpt-4o-mini", "{v}");
+        assert_eq!(c["embedder"]["dimension"], 32, "{v}");
+        let text = v.to_string();
+        assert!(
+            !text.contains("connection refused"),
+            "no error text: {text}"
+        );
+    }
+    // The memory store is back; the bus is still down.
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["components"]["memory_store"]["status"], "ok", "{v}");
+    assert_eq!(
+        call(&app, "GET", "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_dependency_that_never_answers_is_down_within_the_deadline() {
+    let app = router(state_on(
+        &InMemoryMemoryStore::default(),
+        Arc::new(SilentBus),
+        Vec::new(),
+    ));
+    let started = std::time::Instant::now();
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["components"]["event_bus"]["status"], "down", "{v}");
+    assert_eq!(v["components"]["memory_store"]["status"], "ok", "{v}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn extra_checks_decide_readiness_too() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe_up = up.clone();
+    let consumers = ReadinessCheck {
+        name: "consumers",
+        probe: Arc::new(move || {
+            if probe_up.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(crate::PortError::unavailable("rabbitmq", "not connected"))
+            }
+        }),
+    };
+    let (bus, _rx) = in_process_bus(10);
+    let app = router(state_on(
+        &InMemoryMemoryStore::default(),
+        Arc::new(bus),
+        vec![consumers],
+    ));
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(
+        v["components"]["consumers"],
+        json!({"status": "down", "kind": "unavailable"})
+    );
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["components"]["consumers"]["status"], "ok");
+}
+
+#[tokio::test]
+async fn ingest_events_are_counted_by_outcome_and_rejection_reason() {
+    let memories = InMemoryMemoryStore::default();
+    let (bus, rx) = in_process_bus(10);
+    let mut state = state_on(&memories, Arc::new(bus), Vec::new());
+    state.webhook_secret = Some(Arc::from("hook-secret"));
+    let metrics = state.metrics.clone();
+    let app = router(state);
+    let event = json!({"user_id": "u_counted", "character_name": "meher"});
+    let hook = |body: Option<Value>, key: Option<&'static str>| {
+        let app = app.clone();
+        async move { call(&app, "POST", "/firebase/message-created", body, key).await }
+    };
+    assert_eq!(
+        hook(Some(event.clone()), Some("hook-secret")).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        hook(Some(event.clone()), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        hook(Some(json!({"user_id": "u_counted"})), Some("hook-secret"))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    let huge = json!({"user_id": "x".repeat(BODY_LIMIT), "character_name": "meher"});
+    assert_eq!(
+        hook(Some(huge), Some("hook-secret")).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let message = json!({"message_id": "m1", "role": "user", "text": "hi"});
+    let append = |app: Router, body: Value| async move {
+        call(
+            &app,
+            "POST",
+            "/memory/messages/u_counted/meher",
+            Some(body),
+            None,
+        )
+        .await
+    };
+    assert_eq!(
+        append(app.clone(), message.clone()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(append(app.clone(), message.clone()).await.0, StatusCode::OK);
+    drop(rx); // the bus is down: the webhook answers 503
+    assert_eq!(
+        hook(Some(event), Some("hook-secret")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let text = metrics.render();
+    for line in [
+        r#"recall_events_total{outcome="accepted"} 2"#,
+        r#"recall_events_total{outcome="duplicate"} 1"#,
+        r#"recall_events_total{outcome="rejected"} 4"#,
+        r#"recall_events_rejected_total{reason="unauthorized"} 1"#,
+        r#"recall_events_rejected_total{reason="invalid"} 1"#,
+        r#"recall_events_rejected_total{reason="too_large"} 1"#,
+        r#"recall_events_rejected_total{reason="unavailable"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains("u_counted"));
 }

@@ -166,6 +166,8 @@ pub struct InMemoryMemoryStore {
     dimension: Arc<Mutex<Option<usize>>>,
     /// Scripted failures of `upsert`.
     pub upsert_faults: Faults,
+    /// Scripted failures of `ping`.
+    pub ping_faults: Faults,
 }
 
 impl InMemoryMemoryStore {
@@ -294,17 +296,19 @@ impl MemoryStore for InMemoryMemoryStore {
     }
 
     async fn ping(&self) -> PortResult<()> {
-        Ok(())
+        self.ping_faults.take()
     }
 }
 
 /// Wraps a message store so that `complete_batch` (the flip) can be made to fail on demand:
-/// the "crashed between the vector write and the flip" case.
+/// the "crashed between the vector write and the flip" case; `claim_batch` too.
 #[derive(Clone)]
 pub struct FlakyFlipStore<S> {
     inner: S,
     /// Scripted failures of `complete_batch`.
     pub flip_faults: Faults,
+    /// Scripted failures of `claim_batch`.
+    pub claim_faults: Faults,
 }
 
 impl<S> FlakyFlipStore<S> {
@@ -313,6 +317,7 @@ impl<S> FlakyFlipStore<S> {
         Self {
             inner,
             flip_faults: Faults::default(),
+            claim_faults: Faults::default(),
         }
     }
 }
@@ -344,6 +349,7 @@ impl<S: MessageStore> MessageStore for FlakyFlipStore<S> {
         worker: &str,
         lease: std::time::Duration,
     ) -> PortResult<Claim> {
+        self.claim_faults.take()?;
         self.inner.claim_batch(pair, plan, worker, lease).await
     }
     async fn save_extraction(
