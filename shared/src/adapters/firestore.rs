@@ -1009,6 +1009,41 @@ impl FirestoreMessageStore {
         }
     }
 
+    /// Changes the batch `worker` holds, in a transaction; when it no longer holds it, a
+    /// [`PortError::Conflict`] if `must_hold`, else nothing.
+    async fn update_held(
+        &self,
+        pair: &Pair,
+        batch_id: &str,
+        worker: &str,
+        must_hold: bool,
+        change: impl Fn(&mut BatchDoc),
+    ) -> PortResult<()> {
+        self.retrying(|| async {
+            let (mut tx, tdb) = self.begin().await?;
+            let body = async {
+                let mut b = match self.held_batch(&tdb, pair, batch_id, worker).await {
+                    Ok(b) => b,
+                    Err(TxFail::Port(_)) if !must_hold => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                change(&mut b);
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(BATCHES)
+                    .document_id(batch_id)
+                    .parent(self.parent(pair))
+                    .object(&b)
+                    .add_to_transaction(&mut tx)?;
+                Ok(())
+            }
+            .await;
+            finish(self, tx, body).await
+        })
+        .await
+    }
+
     /// Flips `ids` (unless already flipped), closes the batch and clears the lock, in one
     /// transaction.
     async fn complete_attempt(
@@ -1386,25 +1421,10 @@ impl MessageStore for FirestoreMessageStore {
     ) -> PortResult<()> {
         let json = serde_json::to_string(extraction)
             .map_err(|e| PortError::invalid_output(DEP, format!("extraction to JSON: {e}")))?;
-        self.retrying(|| async {
-            let (mut tx, tdb) = self.begin().await?;
-            let body = async {
-                let mut b = self.held_batch(&tdb, pair, batch_id, worker).await?;
-                b.extraction = Some(json.clone());
-                b.prompt_tokens = extraction.usage.prompt_tokens as i64;
-                b.completion_tokens = extraction.usage.completion_tokens as i64;
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(BATCHES)
-                    .document_id(batch_id)
-                    .parent(self.parent(pair))
-                    .object(&b)
-                    .add_to_transaction(&mut tx)?;
-                Ok(())
-            }
-            .await;
-            finish(self, tx, body).await
+        self.update_held(pair, batch_id, worker, true, |b| {
+            b.extraction = Some(json.clone());
+            b.prompt_tokens = extraction.usage.prompt_tokens as i64;
+            b.completion_tokens = extraction.usage.completion_tokens as i64;
         })
         .await
     }
@@ -1475,27 +1495,11 @@ impl MessageStore for FirestoreMessageStore {
         worker: &str,
         reason: &str,
     ) -> PortResult<()> {
-        self.retrying(|| async {
-            let (mut tx, tdb) = self.begin().await?;
-            let body = async {
-                let Ok(mut b) = self.held_batch(&tdb, pair, batch_id, worker).await else {
-                    return Ok(()); // no longer ours: nothing to release
-                };
-                b.lease_until = None;
-                b.last_error = Some(truncate(reason, 2000).to_owned());
-                b.failed = true;
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(BATCHES)
-                    .document_id(batch_id)
-                    .parent(self.parent(pair))
-                    .object(&b)
-                    .add_to_transaction(&mut tx)?;
-                Ok(())
-            }
-            .await;
-            finish(self, tx, body).await
+        // No longer ours: nothing to release.
+        self.update_held(pair, batch_id, worker, false, |b| {
+            b.lease_until = None;
+            b.last_error = Some(truncate(reason, 2000).to_owned());
+            b.failed = true;
         })
         .await
     }
