@@ -255,6 +255,15 @@ struct FlipDoc {
     memory_batch_id: String,
 }
 
+impl FlipDoc {
+    fn of(batch_id: &str) -> Self {
+        Self {
+            sync: true,
+            memory_batch_id: batch_id.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct CountRow {
     #[serde(default)]
@@ -681,7 +690,8 @@ impl FirestoreMessageStore {
             .await
     }
 
-    fn observe(&self, pair: &Pair, generation: i64) {
+    /// Remembers a lock generation read now, and the ids a listing pinned to it returned.
+    fn observe(&self, pair: &Pair, generation: i64, listed: HashSet<MessageId>) {
         let mut seen = self.observed.lock().expect("observed lock");
         if seen.len() >= CACHE_LIMIT {
             seen.clear();
@@ -691,7 +701,7 @@ impl FirestoreMessageStore {
             Observation {
                 generation,
                 at: Instant::now(),
-                listed: HashSet::new(),
+                listed,
             },
         );
     }
@@ -709,7 +719,7 @@ impl FirestoreMessageStore {
             Some(g) => Ok(g),
             None => {
                 let lock = self.read_lock(&self.db, pair).await.map_err(port_err)?;
-                self.observe(pair, lock.generation);
+                self.observe(pair, lock.generation, HashSet::new());
                 Ok(lock.generation)
             }
         }
@@ -891,14 +901,7 @@ impl FirestoreMessageStore {
                             format!("saved extraction of batch {open} is unreadable: {e}"),
                         ))
                     })?;
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(BATCHES)
-                    .document_id(open)
-                    .parent(&parent)
-                    .object(&b)
-                    .add_to_transaction(tx)?;
+                self.put_batch(tx, &parent, &b, None)?;
                 Ok(Claim::Acquired(ClaimedBatch {
                     batch_id: open.to_owned(),
                     attempt: b.attempt as u32,
@@ -960,15 +963,8 @@ impl FirestoreMessageStore {
                     stage_millis: HashMap::new(),
                     notes,
                 };
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(BATCHES)
-                    .precondition(FirestoreWritePrecondition::Exists(false))
-                    .document_id(&plan.batch_id)
-                    .parent(&parent)
-                    .object(&batch)
-                    .add_to_transaction(tx)?;
+                let create = FirestoreWritePrecondition::Exists(false);
+                self.put_batch(tx, &parent, &batch, Some(create))?;
                 let lock = LockDoc {
                     user_id: pair.user_id.as_str().to_owned(),
                     character_name: pair.character_name.as_str().to_owned(),
@@ -1009,6 +1005,45 @@ impl FirestoreMessageStore {
         }
     }
 
+    /// Adds the write of a whole batch document to `tx`.
+    fn put_batch(
+        &self,
+        tx: &mut FirestoreTransaction<'_>,
+        parent: &str,
+        b: &BatchDoc,
+        precondition: Option<FirestoreWritePrecondition>,
+    ) -> Result<(), FirestoreError> {
+        let write = self.db.fluent().update().in_col(BATCHES);
+        let write = match precondition {
+            Some(p) => write.precondition(p),
+            None => write,
+        };
+        write
+            .document_id(&b.batch_id)
+            .parent(parent)
+            .object(b)
+            .add_to_transaction(tx)?;
+        Ok(())
+    }
+
+    /// The write flipping one message to synced; it fails if the message no longer exists.
+    fn flip<'a>(
+        &'a self,
+        parent: &str,
+        id: &MessageId,
+        flip: &'a FlipDoc,
+    ) -> firestore::update_builder::FirestoreUpdateObjExecuteBuilder<'a, FirestoreDb, FlipDoc> {
+        self.db
+            .fluent()
+            .update()
+            .fields(["sync", "memory_batch_id"])
+            .in_col(self.messages())
+            .precondition(FirestoreWritePrecondition::Exists(true))
+            .document_id(id.as_str())
+            .parent(parent)
+            .object(flip)
+    }
+
     /// Changes the batch `worker` holds, in a transaction; when it no longer holds it, a
     /// [`PortError::Conflict`] if `must_hold`, else nothing.
     async fn update_held(
@@ -1028,14 +1063,7 @@ impl FirestoreMessageStore {
                     Err(e) => return Err(e),
                 };
                 change(&mut b);
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(BATCHES)
-                    .document_id(batch_id)
-                    .parent(self.parent(pair))
-                    .object(&b)
-                    .add_to_transaction(&mut tx)?;
+                self.put_batch(&mut tx, &self.parent(pair), &b, None)?;
                 Ok(())
             }
             .await;
@@ -1064,20 +1092,9 @@ impl FirestoreMessageStore {
             let mut b = self.held_batch(&tdb, pair, batch_id, worker).await?;
             let parent = self.parent(pair);
             if flip_here {
+                let flip = FlipDoc::of(batch_id);
                 for id in ids {
-                    self.db
-                        .fluent()
-                        .update()
-                        .fields(["sync", "memory_batch_id"])
-                        .in_col(self.messages())
-                        .precondition(FirestoreWritePrecondition::Exists(true))
-                        .document_id(id.as_str())
-                        .parent(&parent)
-                        .object(&FlipDoc {
-                            sync: true,
-                            memory_batch_id: batch_id.to_owned(),
-                        })
-                        .add_to_transaction(&mut tx)?;
+                    self.flip(&parent, id, &flip).add_to_transaction(&mut tx)?;
                 }
             }
             let now = Utc::now();
@@ -1104,14 +1121,7 @@ impl FirestoreMessageStore {
                     .iter()
                     .map(|m| format!("{m}: deleted before the flip")),
             );
-            self.db
-                .fluent()
-                .update()
-                .in_col(BATCHES)
-                .document_id(batch_id)
-                .parent(&parent)
-                .object(&b)
-                .add_to_transaction(&mut tx)?;
+            self.put_batch(&mut tx, &parent, &b, None)?;
             let lock = LockDoc {
                 user_id: pair.user_id.as_str().to_owned(),
                 character_name: pair.character_name.as_str().to_owned(),
@@ -1174,21 +1184,11 @@ impl FirestoreMessageStore {
             .create_simple_batch_writer()
             .await
             .map_err(port_err)?;
+        let flip = FlipDoc::of(batch_id);
         for chunk in ids.chunks(MAX_WRITES) {
             let mut batch = writer.new_batch();
             for id in chunk {
-                self.db
-                    .fluent()
-                    .update()
-                    .fields(["sync", "memory_batch_id"])
-                    .in_col(self.messages())
-                    .precondition(FirestoreWritePrecondition::Exists(true))
-                    .document_id(id.as_str())
-                    .parent(&parent)
-                    .object(&FlipDoc {
-                        sync: true,
-                        memory_batch_id: batch_id.to_owned(),
-                    })
+                self.flip(&parent, id, &flip)
                     .add_to_batch(&mut batch)
                     .map_err(port_err)?;
             }
@@ -1297,17 +1297,10 @@ impl MessageStore for FirestoreMessageStore {
     async fn list_unsynced(&self, pair: &Pair, limit: usize) -> PortResult<Vec<Message>> {
         let generation = self.generation_before_listing(pair).await?;
         let messages = self.list(pair, limit, false).await?;
-        let mut seen = self.observed.lock().expect("observed lock");
-        if seen.len() >= CACHE_LIMIT {
-            seen.clear();
-        }
-        seen.insert(
-            pair.clone(),
-            Observation {
-                generation,
-                at: Instant::now(),
-                listed: messages.iter().map(|m| m.id.clone()).collect(),
-            },
+        self.observe(
+            pair,
+            generation,
+            messages.iter().map(|m| m.id.clone()).collect(),
         );
         Ok(messages)
     }
@@ -1346,7 +1339,7 @@ impl MessageStore for FirestoreMessageStore {
 
     async fn open_batch(&self, pair: &Pair) -> PortResult<Option<OpenBatch>> {
         let lock = self.read_lock(&self.db, pair).await.map_err(port_err)?;
-        self.observe(pair, lock.generation);
+        self.observe(pair, lock.generation, HashSet::new());
         let Some(open) = lock.open_batch_id else {
             return Ok(None);
         };
