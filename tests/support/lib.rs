@@ -5,43 +5,7 @@ use std::path::PathBuf;
 
 pub mod observed;
 
-use serde::Deserialize;
-
-/// One line of a conversation file in `../shared/data/`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DataMessage {
-    /// Message id.
-    pub message_id: String,
-    /// User id.
-    pub user_id: String,
-    /// Character name.
-    pub character_name: String,
-    /// `user` or `assistant`.
-    pub role: String,
-    /// `voice` or `whatsapp`.
-    pub channel: String,
-    /// The text.
-    pub text: String,
-    /// RFC 3339 time.
-    pub created_at: String,
-}
-
-/// One gold fact of `facts.jsonl`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Fact {
-    /// User id.
-    pub user_id: String,
-    /// Character name.
-    pub character_name: String,
-    /// Fact id.
-    pub fact_id: String,
-    /// The fact, as true at the end of the conversation.
-    pub fact: String,
-    /// First user message stating it.
-    pub first_message_id: String,
-    /// Retrieval probes.
-    pub questions: Vec<String>,
-}
+pub use recall_shared::eval::{DataMessage, GoldFact as Fact};
 
 /// The shared test data folder: `RECALL_TEST_DATA`, else `../shared/data` beside the repository.
 pub fn data_dir() -> PathBuf {
@@ -75,11 +39,7 @@ pub fn model_dir() -> PathBuf {
 }
 
 fn read_jsonl<T: serde::de::DeserializeOwned>(path: PathBuf) -> Vec<T> {
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .collect()
+    recall_shared::eval::read_jsonl(&path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The messages of one conversation file, e.g. `u_0f6c3d__meher`.
