@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -176,7 +177,25 @@ pub async fn run_workers(
                         .expect("counter lock")
                         .count(&event, threshold)
                 } else {
-                    match engine.deps().messages.count_unsynced(&pair).await {
+                    // While the store is unavailable the event waits here (and the rest in the
+                    // queue): an outage must not burn the delivery limit and park events.
+                    let seeding = (|| engine.deps().messages.count_unsynced(&pair))
+                        .retry(
+                            ExponentialBuilder::default()
+                                .with_min_delay(Duration::from_millis(100))
+                                .with_max_delay(Duration::from_secs(5))
+                                .with_jitter()
+                                .without_max_times(),
+                        )
+                        .when(|e| e.is_retryable())
+                        .notify(|e, wait| {
+                            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot seed counter; waiting for the message store");
+                        });
+                    let seeded = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        r = seeding => r,
+                    };
+                    match seeded {
                         Ok(n) => counter
                             .lock()
                             .expect("counter lock")
