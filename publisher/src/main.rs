@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let args = PublisherArgs::parse();
     init_logging(&args.log);
+    let _failpoints = recall_shared::failpoints::setup();
     let deps = args.stores.open().await?;
     let engine = args.batch.engine(None).map_err(anyhow::Error::msg)?;
     let settings = args

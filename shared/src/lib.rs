@@ -29,6 +29,7 @@ pub mod context;
 pub mod domain;
 pub mod error;
 pub mod eval;
+pub mod failpoints;
 pub mod http;
 pub mod instrumented;
 pub mod metrics;

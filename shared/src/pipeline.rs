@@ -415,6 +415,7 @@ impl Engine {
         let mut timer = StageTimer::new(&d.metrics);
 
         // Extract, or reuse the extraction an earlier attempt saved.
+        crate::failpoints::crash_point("batch-after-claim").await;
         let reused = claimed.extraction.is_some();
         let extraction = match claimed.extraction {
             Some(e) => {
@@ -458,6 +459,7 @@ impl Engine {
         };
         outcome.usage = extraction.usage;
         timer.lap(Stage::Extract, &mut outcome);
+        crate::failpoints::crash_point("batch-after-extract").await;
 
         // Memories with deterministic ids, dated by their newest source message.
         let memories: Vec<Memory> = extraction
@@ -516,9 +518,14 @@ impl Engine {
                 .zip(vectors)
                 .map(|(memory, vector)| MemoryPoint { memory, vector })
                 .collect();
-            self.retry("memory_store", || d.memories.upsert(&points))
-                .await
-                .map_err(|e| fail(bid, Stage::Upsert, e))?;
+            self.retry("memory_store", || async {
+                if crate::failpoints::armed("memory-store-upsert") {
+                    return Err(PortError::unavailable("memory_store", "failpoint"));
+                }
+                d.memories.upsert(&points).await
+            })
+            .await
+            .map_err(|e| fail(bid, Stage::Upsert, e))?;
         }
         for (x, mem) in extraction.memories.iter().zip(&memories) {
             if x.supersedes.is_empty() {
@@ -533,6 +540,7 @@ impl Engine {
         }
         outcome.memory_ids = memories.iter().map(|m| m.id).collect();
         timer.lap(Stage::Upsert, &mut outcome);
+        crate::failpoints::crash_point("batch-after-upsert").await;
 
         // Flip, and record provenance, in one store operation.
         let ids: Vec<MessageId> = plan.messages.iter().map(|m| m.id.clone()).collect();
@@ -544,6 +552,7 @@ impl Engine {
             .await
             .map_err(|e| fail(bid, Stage::Flip, e))?;
         timer.lap(Stage::Flip, &mut outcome);
+        crate::failpoints::crash_point("batch-after-flip").await;
 
         d.metrics
             .memories_stored_total

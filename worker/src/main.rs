@@ -143,6 +143,7 @@ async fn memories(command: MemoriesCommand) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    let _failpoints = recall_shared::failpoints::setup();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
