@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+#[cfg(all(feature = "firestore", feature = "embedded"))]
+pub mod cluster;
 pub mod observed;
 
 pub use recall_shared::eval::{DataMessage, GoldFact as Fact};

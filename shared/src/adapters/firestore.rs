@@ -1260,6 +1260,121 @@ impl FirestoreMessageStore {
     }
 }
 
+/// What [`FirestoreMessageStore::audit`] read of one pair: every message and batch record.
+#[cfg(feature = "testkit")]
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// Every message document.
+    pub messages: Vec<AuditedMessage>,
+    /// Every batch record.
+    pub batches: Vec<AuditedBatch>,
+}
+
+/// One message document, as the fault suite checks it.
+#[cfg(feature = "testkit")]
+#[derive(Debug, Clone)]
+pub struct AuditedMessage {
+    /// Its id.
+    pub id: String,
+    /// Its `sync` flag.
+    pub sync: bool,
+    /// The batch that flipped it (`memory_batch_id`), if any.
+    pub batch_id: Option<String>,
+    /// Its `created_at`, if it is a timestamp.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// One batch record, as the fault suite checks it.
+#[cfg(feature = "testkit")]
+#[derive(Debug, Clone)]
+pub struct AuditedBatch {
+    /// Its id.
+    pub batch_id: String,
+    /// `open` or `done`.
+    pub state: String,
+    /// The messages it covers.
+    pub message_ids: Vec<String>,
+    /// The memories it produced.
+    pub memory_ids: Vec<String>,
+    /// Claims so far.
+    pub attempt: i64,
+    /// Whether an extraction is saved on it.
+    pub has_extraction: bool,
+    /// When it completed.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(feature = "testkit")]
+impl FirestoreMessageStore {
+    /// Reads every message (synced or not) and batch record of a pair, for invariant checks.
+    pub async fn audit(&self, pair: &Pair) -> PortResult<Audit> {
+        let docs = self
+            .db
+            .fluent()
+            .select()
+            .from(self.messages())
+            .parent(self.parent(pair))
+            .query()
+            .await
+            .map_err(port_err)?;
+        let messages = docs
+            .iter()
+            .map(|d| {
+                let id = d.name.rsplit('/').next().unwrap_or_default().to_owned();
+                let sync = matches!(
+                    d.fields.get("sync").and_then(|v| v.value_type.as_ref()),
+                    Some(ValueType::BooleanValue(true))
+                );
+                let batch_id = match d
+                    .fields
+                    .get("memory_batch_id")
+                    .and_then(|v| v.value_type.as_ref())
+                {
+                    Some(ValueType::StringValue(b)) => Some(b.clone()),
+                    _ => None,
+                };
+                let created_at = match d
+                    .fields
+                    .get("created_at")
+                    .and_then(|v| v.value_type.as_ref())
+                {
+                    Some(ValueType::TimestampValue(t)) => Some(from_proto_ts(t)),
+                    _ => None,
+                };
+                AuditedMessage {
+                    id,
+                    sync,
+                    batch_id,
+                    created_at,
+                }
+            })
+            .collect();
+        let batches: Vec<BatchDoc> = self
+            .db
+            .fluent()
+            .select()
+            .from(BATCHES)
+            .parent(self.parent(pair))
+            .obj()
+            .query()
+            .await
+            .map_err(port_err)?;
+        let batches = batches
+            .into_iter()
+            .map(|b| AuditedBatch {
+                batch_id: b.batch_id,
+                state: b.state,
+                message_ids: b.message_ids,
+                memory_ids: b.memory_ids,
+                attempt: b.attempt,
+                has_extraction: b.extraction.is_some(),
+                completed_at: b.completed_at.as_ref().map(from_ts),
+            })
+            .collect();
+        Ok(Audit { messages, batches })
+    }
+}
+
 #[async_trait]
 impl MessageStore for FirestoreMessageStore {
     async fn append(&self, m: &Message) -> PortResult<bool> {

@@ -135,6 +135,7 @@ pub struct RecordedRequest {
 #[derive(Default)]
 struct Inner {
     queues: HashMap<Route, VecDeque<Scripted>>,
+    defaults: HashMap<Route, Scripted>,
     requests: Vec<RecordedRequest>,
 }
 
@@ -217,6 +218,11 @@ impl FakeOpenAi {
         }
     }
 
+    /// The reply of `route` once its queue is empty (default: [`Scripted::default_reply`]).
+    pub fn set_default(&self, route: Route, reply: Scripted) {
+        self.lock().defaults.insert(route, reply);
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().requests.clone()
@@ -277,10 +283,9 @@ async fn handle(inner: Shared, route: Route, headers: HeaderMap, body: Bytes) ->
     let scripted = {
         let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.requests.push(recorded);
-        inner
-            .queues
-            .get_mut(&route)
-            .and_then(VecDeque::pop_front)
+        let queued = inner.queues.get_mut(&route).and_then(VecDeque::pop_front);
+        queued
+            .or_else(|| inner.defaults.get(&route).cloned())
             .unwrap_or_else(Scripted::default_reply)
     };
     if !scripted.delay.is_zero() {

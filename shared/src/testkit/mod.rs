@@ -9,4 +9,5 @@ pub mod extractor;
 pub mod fake_openai;
 pub mod memory_store;
 pub mod message_store;
+pub mod proxy;
 pub mod scenarios;
