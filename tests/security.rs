@@ -378,6 +378,15 @@ fn raw_get(server: &Served, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// How a body is wrong, its content type, the body, and the answer: status and field.
+type BodyCase = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_refused_naming_the_field() {
     let server = start(Some(KEY), None).await;
@@ -407,7 +416,7 @@ async fn bad_bodies_are_refused_naming_the_field() {
             req.body(body).send()
         };
         let json = Some("application/json");
-        let cases: Vec<(&str, Option<&'static str>, Vec<u8>, StatusCode, &str)> = vec![
+        let cases: Vec<BodyCase> = vec![
             (
                 "an oversized body",
                 json,
