@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
         .settings(args.batch.batch_concurrency, args.batch.workers().grace);
     let node = Node::amqp_publisher(deps, engine, settings, args.api_key)
         .await?
-        .with_webhook_secret(args.webhook_secret);
+        .with_webhook_secret(args.webhook_secret)
+        .with_rate_limit(args.rate_limit.limit());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -44,7 +44,7 @@ pub enum ClientError {
         message: String,
         /// The request field at fault, if any.
         field: Option<String>,
-        /// Seconds to wait before retrying (`Retry-After`), on a 503.
+        /// Seconds to wait before retrying (`Retry-After`), on a 503 or a 429.
         retry_after: Option<u64>,
     },
     /// The server answered something that is not the API's JSON.

@@ -395,6 +395,41 @@ impl StoreArgs {
     }
 }
 
+/// The rate limit per API key of the routes that embed a query (search, context, enhance-prompt);
+/// without the API key, per client address. Counted per process.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RateLimitArgs {
+    /// Requests per second each API key may make to search, context and enhance-prompt together
+    /// (0: no limit). Over it the answer is 429 with `Retry-After`.
+    #[arg(long, env = "RECALL_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make at once above that rate (the bucket's size, at least 1).
+    #[arg(
+        long,
+        env = "RECALL_RATE_LIMIT_BURST",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub rate_limit_burst: u32,
+}
+
+impl RateLimitArgs {
+    /// The limit, or `None` when it is off.
+    pub fn limit(&self) -> Option<crate::http::RateLimit> {
+        crate::http::RateLimit::per_second(self.rate_limit_per_second, self.rate_limit_burst)
+    }
+}
+
+impl Default for RateLimitArgs {
+    /// 50 requests per second, bursts of 100.
+    fn default() -> Self {
+        Self {
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+        }
+    }
+}
+
 /// `recall-worker standalone`: the API and the workers in one process, on embedded stores.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StandaloneArgs {
@@ -404,6 +439,9 @@ pub struct StandaloneArgs {
     /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Rate limit per API key.
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
     /// Stores and model.
     #[command(flatten)]
     pub stores: StoreArgs,
@@ -484,6 +522,9 @@ pub struct WorkerArgs {
     /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Rate limit per API key.
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
     /// This worker's id on batch claims (default: a random one).
     #[arg(long, env = "RECALL_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -512,6 +553,9 @@ pub struct PublisherArgs {
     /// Bearer token required by every endpoint but health, metrics and /openapi.json.
     #[arg(long, env = "RECALL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Rate limit per API key.
+    #[command(flatten)]
+    pub rate_limit: RateLimitArgs,
     /// Secret of the Cloud Function webhook: `Authorization: Bearer <secret>` or
     /// `X-Recall-Signature: sha256=<HMAC-SHA256 of the body>`.
     #[arg(long, env = "RECALL_WEBHOOK_SECRET", hide_env_values = true)]
@@ -583,12 +627,14 @@ pub fn init_logging(args: &LogArgs) {
 mod tests {
     use clap::Parser;
 
-    use super::LogArgs;
+    use super::{LogArgs, RateLimitArgs};
 
     #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
         log: LogArgs,
+        #[command(flatten)]
+        rate: RateLimitArgs,
     }
 
     #[test]
@@ -601,5 +647,26 @@ mod tests {
             assert_eq!(cli.log.log_ids, want, "{v}");
         }
         assert!(Cli::try_parse_from(["t", "--log-ids", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn rate_limit_defaults_and_zero_turns_it_off() {
+        let cli = Cli::try_parse_from(["t"]).unwrap();
+        assert_eq!(cli.rate.rate_limit_per_second, 50);
+        assert_eq!(cli.rate.rate_limit_burst, 100);
+        let limit = cli.rate.limit().unwrap();
+        assert_eq!(limit.burst.get(), 100);
+        assert_eq!(
+            limit.replenish_one_per,
+            std::time::Duration::from_millis(20)
+        );
+        let off = Cli::try_parse_from(["t", "--rate-limit-per-second", "0"]).unwrap();
+        assert_eq!(off.rate.limit(), None);
+        assert!(Cli::try_parse_from(["t", "--rate-limit-burst", "0"]).is_err());
+        let d = RateLimitArgs::default();
+        assert_eq!(
+            (d.rate_limit_per_second, d.rate_limit_burst),
+            (cli.rate.rate_limit_per_second, cli.rate.rate_limit_burst)
+        );
     }
 }

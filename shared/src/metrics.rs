@@ -3,7 +3,8 @@
 //!
 //! Who updates what, so each series has one home:
 //!
-//! - the HTTP layer ([`crate::http`]): requests, and events received on the ingest routes;
+//! - the HTTP layer ([`crate::http`]): requests, requests refused by the rate limit, and events
+//!   received on the ingest routes;
 //! - the worker loops ([`crate::runtime`]): events counted or de-duplicated;
 //! - the batch engine ([`crate::pipeline`]): batches, stages, memories, messages, tokens, retries;
 //! - the port decorators ([`crate::instrumented`]): every store operation, model request and bus
@@ -91,6 +92,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// HTTP request durations by route template and method.
     pub http_request_duration_seconds: HistogramVec,
+    /// Requests refused with 429 by the rate limit per API key, by route template.
+    pub http_rate_limited_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -271,6 +274,11 @@ impl Metrics {
                 "recall_http_request_duration_seconds",
                 "HTTP request duration by route template and method.",
                 &["route", "method"],
+            ),
+            http_rate_limited_total: counter_vec(
+                "recall_http_rate_limited_total",
+                "HTTP requests refused by the rate limit per API key (429), by route template.",
+                &["route"],
             ),
             registry,
         }

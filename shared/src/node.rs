@@ -15,7 +15,7 @@ use crate::adapters::memory_bus::in_process_bus;
 use crate::adapters::rabbitmq::{AmqpBus, AmqpConsumers, AmqpSettings};
 use crate::domain::Pair;
 use crate::error::{PortError, PortResult};
-use crate::http::{AppState, ReadinessCheck, check_exposure, router};
+use crate::http::{AppState, RateLimit, RateLimiter, ReadinessCheck, check_exposure, router};
 use crate::instrumented::{instrument, instrument_bus};
 use crate::pipeline::{Deps, Engine, EngineConfig};
 use crate::ports::{Delivery, EventBus, MessageEvent};
@@ -61,6 +61,7 @@ impl Node {
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
             webhook_secret: None,
             checks: Vec::new(),
+            rate_limiter: None,
         };
         Self {
             engine: Engine::new(deps, engine),
@@ -93,6 +94,21 @@ impl Node {
     /// Requires `secret` (bearer or HMAC signature) on the Cloud Function webhook.
     pub fn with_webhook_secret(mut self, secret: Option<String>) -> Self {
         self.state.webhook_secret = secret.filter(|s| !s.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// Limits the routes that embed a query to `limit` per API key (per client address without
+    /// a key); `None` lifts the limit.
+    pub fn with_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        match limit {
+            Some(l) => tracing::info!(
+                replenish_one_per = ?l.replenish_one_per,
+                burst = l.burst.get(),
+                "rate limit per API key on search, context and enhance-prompt"
+            ),
+            None => tracing::info!("no rate limit on search, context and enhance-prompt"),
+        }
+        self.state.rate_limiter = limit.map(|l| Arc::new(RateLimiter::new(l)));
         self
     }
 
@@ -191,7 +207,9 @@ impl Node {
             ))
         });
         tracing::info!(%addr, workers = workers.is_some(), "recall listening");
-        let served = axum::serve(listener, router(self.state))
+        // Connection info: without the API key, rate limits are per client address.
+        let app = router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();

@@ -1,11 +1,12 @@
-//! Support for the integration tests: the shared test data, a started standalone server, and a
-//! small HTTP client.
+//! Support for the integration tests: the shared test data, a node served on loopback
+//! ([`server`]), and one observed pipeline run ([`observed`]).
 
 use std::path::PathBuf;
 
 #[cfg(all(feature = "firestore", feature = "embedded"))]
 pub mod cluster;
 pub mod observed;
+pub mod server;
 
 pub use recall_shared::eval::{DataMessage, GoldFact as Fact};
 

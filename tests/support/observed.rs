@@ -2,19 +2,17 @@
 //! SQLite and test doubles, fed over HTTP on loopback, whose first batch attempt fails (the model
 //! rejects it) and whose retry succeeds.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recall_shared::PortError;
-use recall_shared::adapters::sqlite::SqliteMessageStore;
 use recall_shared::batching::BatchRules;
-use recall_shared::metrics::Metrics;
 use recall_shared::node::Node;
-use recall_shared::pipeline::{Deps, EngineConfig, RetryPolicy};
+use recall_shared::pipeline::{EngineConfig, RetryPolicy};
 use recall_shared::runtime::WorkerConfig;
-use recall_shared::testkit::doubles::{EchoExtractor, HashEmbedder, InMemoryMemoryStore};
+use recall_shared::testkit::doubles::EchoExtractor;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+use crate::server::{Served, double_deps};
 
 /// The API key of the node.
 pub const KEY: &str = "observability-key-Zq81";
@@ -43,13 +41,7 @@ pub async fn run_pipeline() -> Run {
         1,
         PortError::rejected("extractor", "401: check OPENAI_API_KEY"),
     );
-    let deps = Deps {
-        messages: Arc::new(SqliteMessageStore::in_memory().unwrap()),
-        memories: Arc::new(InMemoryMemoryStore::default()),
-        extractor: Arc::new(extractor.clone()),
-        embedder: Arc::new(HashEmbedder::new(32)),
-        metrics: Arc::new(Metrics::new()),
-    };
+    let deps = double_deps(extractor.clone());
     let engine = EngineConfig {
         rules: BatchRules::default(),
         retry: RetryPolicy {
@@ -64,10 +56,8 @@ pub async fn run_pipeline() -> Run {
         ..WorkerConfig::default()
     };
     let node = Node::standalone(deps, engine, workers, Some(KEY.into()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(node.run(listener, shutdown.clone()));
+    let server = Served::start(node).await;
+    let base = server.base.clone();
     let http = reqwest::Client::new();
 
     let append = |i: usize| {
@@ -161,7 +151,6 @@ pub async fn run_pipeline() -> Run {
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200, "metrics need no key");
     let scrape = metrics.text().await.unwrap();
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
     Run { scrape, ready }
 }

@@ -150,7 +150,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Standalone(args)) => {
             let deps = args.stores.open().await?;
             let engine = args.batch.engine(None).map_err(anyhow::Error::msg)?;
-            let node = Node::standalone(deps, engine, args.batch.workers(), args.api_key);
+            let node = Node::standalone(deps, engine, args.batch.workers(), args.api_key)
+                .with_rate_limit(args.rate_limit.limit());
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             node.run(listener, shutdown).await
         }
@@ -174,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 shutdown.clone(),
             )
             .await?;
+            let node = node.with_rate_limit(args.rate_limit.limit());
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             node.run(listener, shutdown).await?;
             consumers.stopped().await;

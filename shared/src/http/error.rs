@@ -55,6 +55,42 @@ impl ApiError {
         )
     }
 
+    /// 413: the body is over [`super::BODY_LIMIT`]; names the `body`.
+    pub fn too_large() -> Self {
+        Self {
+            field: Some("body".into()),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {} bytes", super::BODY_LIMIT),
+            )
+        }
+    }
+
+    /// 415: the body is not JSON; names the `content-type` header.
+    pub fn not_json() -> Self {
+        Self {
+            field: Some("content-type".into()),
+            ..Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            )
+        }
+    }
+
+    /// 429: the caller's rate limit is spent; `Retry-After` says when it may call again.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests for this API key: retry after {retry_after} s"),
+            )
+        }
+    }
+
     /// 503 telling the caller to retry later; the dependency's details are only logged.
     pub fn unavailable(what: &str, error: &PortError) -> Self {
         tracing::warn!(error = %error, what, "dependency unavailable");

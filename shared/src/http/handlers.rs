@@ -235,6 +235,8 @@ async fn search_pair(
     responses(
         (status = 200, description = "memories, best first", body = SearchResponse),
         (status = 400, description = "a parameter is invalid; `field` names it", body = ErrorBody),
+        (status = 429, description = "the API key's rate limit is spent: retry after `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
     )
 )]
 pub(crate) async fn search(
@@ -331,6 +333,8 @@ async fn context_block(
     responses(
         (status = 200, description = "the context block", body = ContextResponse),
         (status = 400, description = "a parameter is invalid; `field` names it", body = ErrorBody),
+        (status = 429, description = "the API key's rate limit is spent: retry after `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
     )
 )]
 pub(crate) async fn context(
@@ -359,6 +363,8 @@ pub(crate) async fn context(
     responses(
         (status = 200, description = "the enhanced system prompt", body = EnhanceResponse),
         (status = 400, description = "a field is invalid; `field` names it", body = ErrorBody),
+        (status = 429, description = "the API key's rate limit is spent: retry after `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
     )
 )]
 pub(crate) async fn enhance_prompt(

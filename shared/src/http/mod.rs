@@ -5,31 +5,34 @@
 //! | `POST /firebase/message-created` | a message event from the Cloud Function -> 202 |
 //! | `POST /memory/messages/{user_id}/{character_name}` | append a message and emit its event |
 //! | `POST /memory/check-batch/{user_id}/{character_name}` | unsynced count; triggers a due batch |
-//! | `GET /memory/search/{user_id}/{character_name}` | semantic search of the pair's memories |
+//! | `GET /memory/search/{user_id}/{character_name}` | semantic search of the pair's memories (rate limited) |
 //! | `GET /memory/stats/{user_id}/{character_name}` | message, memory and batch counts |
-//! | `GET /memory/context/{user_id}/{character_name}` | context block within a token budget |
-//! | `POST /memory/enhance-prompt/{user_id}/{character_name}` | system prompt + context |
+//! | `GET /memory/context/{user_id}/{character_name}` | context block within a token budget (rate limited) |
+//! | `POST /memory/enhance-prompt/{user_id}/{character_name}` | system prompt + context (rate limited) |
 //! | `DELETE /memory/{user_id}[/{character_name}]` | erase memories and batch records (GDPR) |
 //! | `GET /healthz` | liveness: the process answers; never looks at a dependency (no auth) |
 //! | `GET /readyz`, `/memory/health` | readiness: each dependency's state, 503 when one the process needs is down (no auth) |
 //! | `GET /metrics` | Prometheus metrics (no auth; no user data) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of all of the above (no auth) |
 //!
-//! The routes are declared once, in the tables below ([`routes`] lists them); [`openapi`] builds
-//! the document from the handlers' annotations and a test checks that both name the same routes.
+//! The routes are declared once, in the tables below ([`route_table`] lists them with who may
+//! call them); [`openapi`] builds the document from the handlers' annotations and a test checks
+//! that both name the same routes. The routes that embed a query are rate limited per API key
+//! ([`mod@rate_limit`]).
 
 pub mod api;
 mod error;
 mod extract;
 mod handlers;
 pub mod openapi;
+pub mod rate_limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +40,7 @@ use axum::routing::MethodRouter;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
+pub use rate_limit::{RateLimit, RateLimiter};
 
 use crate::batching::BatchRules;
 use crate::metrics::Metrics;
@@ -68,6 +72,8 @@ pub struct AppState {
     pub webhook_secret: Option<Arc<str>>,
     /// Readiness checks beyond the ports, e.g. a worker's broker consumers.
     pub checks: Vec<ReadinessCheck>,
+    /// The limit per API key on the routes that embed a query; `None`: no limit.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// A dependency readiness looks at besides the stores and the bus: its name in the answer and a
@@ -118,26 +124,77 @@ fn webhook_routes() -> Vec<Route> {
     routes![POST "/firebase/message-created" => handlers::message_created]
 }
 
-/// Everything else: the API key.
+/// The API key.
 fn guarded_routes() -> Vec<Route> {
     routes![
         POST "/memory/messages/{user_id}/{character_name}" => handlers::append_message,
         POST "/memory/check-batch/{user_id}/{character_name}" => handlers::check_batch,
-        GET "/memory/search/{user_id}/{character_name}" => handlers::search,
         GET "/memory/stats/{user_id}/{character_name}" => handlers::stats,
-        GET "/memory/context/{user_id}/{character_name}" => handlers::context,
-        POST "/memory/enhance-prompt/{user_id}/{character_name}" => handlers::enhance_prompt,
         DELETE "/memory/{user_id}" => handlers::erase_user,
         DELETE "/memory/{user_id}/{character_name}" => handlers::erase_pair,
     ]
 }
 
+/// The API key, and a rate limit per key: each call embeds a query (a model call with the OpenAI
+/// embedder) and reveals memories.
+fn limited_routes() -> Vec<Route> {
+    routes![
+        GET "/memory/search/{user_id}/{character_name}" => handlers::search,
+        GET "/memory/context/{user_id}/{character_name}" => handlers::context,
+        POST "/memory/enhance-prompt/{user_id}/{character_name}" => handlers::enhance_prompt,
+    ]
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: probes, metrics and the OpenAPI document.
+    Open,
+    /// The webhook secret (bearer or HMAC signature), else the API key.
+    Webhook,
+    /// The API key.
+    ApiKey,
+}
+
+/// One route of [`router`].
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    /// Its method.
+    pub method: Method,
+    /// Its path template (`{user_id}`, `{character_name}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Whether it is rate limited per API key.
+    pub rate_limited: bool,
+}
+
+/// Every route [`router`] serves, with who may call it.
+pub fn route_table() -> Vec<RouteInfo> {
+    let tables = [
+        (open_routes(), Access::Open, false),
+        (webhook_routes(), Access::Webhook, false),
+        (guarded_routes(), Access::ApiKey, false),
+        (limited_routes(), Access::ApiKey, true),
+    ];
+    tables
+        .into_iter()
+        .flat_map(|(routes, access, rate_limited)| {
+            routes.into_iter().map(move |(method, path, _)| RouteInfo {
+                method,
+                path,
+                access,
+                rate_limited,
+            })
+        })
+        .collect()
+}
+
 /// Every route [`router`] serves, as (method, path template).
 pub fn routes() -> Vec<(Method, &'static str)> {
-    [open_routes(), webhook_routes(), guarded_routes()]
+    route_table()
         .into_iter()
-        .flatten()
-        .map(|(method, path, _)| (method, path))
+        .map(|r| (r.method, r.path))
         .collect()
 }
 
@@ -160,7 +217,18 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         require_api_key,
     ));
+    // The key first, then the limit: only callers with the key spend a bucket.
+    let limited = mount(limited_routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            enforce_rate_limit,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
     open.merge(guarded)
+        .merge(limited)
         .merge(webhook)
         .fallback(|| async {
             ApiError::new(
@@ -224,12 +292,7 @@ async fn require_webhook_auth(State(state): State<AppState>, req: Request, next:
     };
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
-        return ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is larger than {BODY_LIMIT} bytes"),
-        )
-        .into_response();
+        return ApiError::too_large().into_response();
     };
     let expected = sign(secret.as_bytes(), &bytes);
     if bool::from(expected.as_bytes().ct_eq(signature.trim().as_bytes())) {
@@ -240,14 +303,48 @@ async fn require_webhook_auth(State(state): State<AppState>, req: Request, next:
     }
 }
 
-fn bearer_matches(req: &Request, key: &str) -> bool {
-    let presented = req
-        .headers()
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+}
+
+fn bearer_matches(req: &Request, key: &str) -> bool {
+    let presented = bearer(req).unwrap_or("");
     bool::from(presented.as_bytes().ct_eq(key.as_bytes()))
+}
+
+/// Takes one request from the caller's bucket (see [`mod@rate_limit`]); 429 with `Retry-After` when
+/// it is empty. Runs after [`require_api_key`], so the bearer is the API key when one is set.
+async fn enforce_rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(limiter) = state.rate_limiter.as_deref() else {
+        return next.run(req).await;
+    };
+    let client = match (&state.api_key, bearer(&req)) {
+        (Some(_), Some(credential)) => rate_limit::ClientKey::credential(credential),
+        _ => req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| rate_limit::ClientKey::address(addr.ip()))
+            .unwrap_or_else(rate_limit::ClientKey::unknown),
+    };
+    let Err(wait) = limiter.check(&client) else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let retry_after = rate_limit::retry_after_seconds(wait);
+    state
+        .metrics
+        .http_rate_limited_total
+        .with_label_values(&[route])
+        .inc();
+    tracing::debug!(route, retry_after, "rate limited");
+    ApiError::rate_limited(retry_after).into_response()
 }
 
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {

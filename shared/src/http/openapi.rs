@@ -195,6 +195,32 @@ mod tests {
         assert_eq!(served, documented);
     }
 
+    #[test]
+    fn rate_limited_routes_and_only_they_document_429_with_retry_after() {
+        let doc = doc();
+        for route in super::super::route_table() {
+            let method = route.method.as_str().to_lowercase();
+            let op = &doc["paths"][route.path][&method];
+            let answer = &op["responses"]["429"];
+            assert_eq!(
+                answer.is_object(),
+                route.rate_limited,
+                "{method} {}",
+                route.path
+            );
+            if route.rate_limited {
+                assert_eq!(
+                    answer["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody"
+                );
+                assert_eq!(
+                    answer["headers"]["Retry-After"]["schema"]["type"], "integer",
+                    "{answer}"
+                );
+            }
+        }
+    }
+
     /// Every `$ref` in `v`, as JSON pointers.
     fn refs(v: &Value, out: &mut Vec<String>) {
         match v {

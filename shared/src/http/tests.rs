@@ -28,6 +28,14 @@ fn rig(api_key: Option<&str>) -> Rig {
 }
 
 fn rig_with(api_key: Option<&str>, webhook_secret: Option<&str>) -> Rig {
+    rig_limited(api_key, webhook_secret, None)
+}
+
+fn rig_limited(
+    api_key: Option<&str>,
+    webhook_secret: Option<&str>,
+    rate_limit: Option<RateLimit>,
+) -> Rig {
     let memories = InMemoryMemoryStore::default();
     let embedder = HashEmbedder::new(32);
     let (bus, rx) = in_process_bus(1000);
@@ -42,6 +50,7 @@ fn rig_with(api_key: Option<&str>, webhook_secret: Option<&str>) -> Rig {
         api_key: api_key.map(Arc::from),
         webhook_secret: webhook_secret.map(Arc::from),
         checks: Vec::new(),
+        rate_limiter: rate_limit.map(|l| Arc::new(RateLimiter::new(l))),
     };
     Rig {
         app: router(state),
@@ -140,6 +149,9 @@ async fn bad_ids_are_rejected_naming_the_field() {
         ("/memory/stats/../meher", "<route>"),
         (&format!("/memory/stats/{long}/meher"), "user_id"),
         ("/memory/stats/__x__/meher", "user_id"),
+        ("/memory/stats/%FF/meher", "user_id"), // not UTF-8 once decoded
+        ("/memory/stats/u1/%C3", "character_name"),
+        ("/memory/search/u1/m%00?query=x", "character_name"),
     ];
     for (uri, want) in cases {
         let (s, v) = call(&r.app, "GET", uri, None, None).await;
@@ -217,9 +229,9 @@ async fn bodies_are_validated() {
     )
     .await;
     assert_eq!(
-        s,
-        StatusCode::BAD_REQUEST,
-        "unknown fields are rejected: {v}"
+        (s, field(&v)),
+        (StatusCode::BAD_REQUEST, "surprise"),
+        "unknown fields are rejected by name: {v}"
     );
 
     let req = |ct: &str, body: String| {
@@ -232,17 +244,42 @@ async fn bodies_are_validated() {
     };
     let (s, v) = raw(&r.app, req("text/plain", "{}".into())).await;
     assert_eq!(
-        (s, v["error"]["code"].as_str()),
+        (s, v["error"]["code"].as_str(), field(&v)),
         (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Some("unsupported_media_type")
+            Some("unsupported_media_type"),
+            "content-type"
         )
     );
     let (s, v) = raw(&r.app, req("application/json", "{not json".into())).await;
     assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "body"), "{v}");
     let big = json!({"role":"user","text":"x".repeat(BODY_LIMIT)}).to_string();
     let (s, v) = raw(&r.app, req("application/json", big)).await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(
+        (s, field(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body"),
+        "{v}"
+    );
+    // Nesting deeper than the parser's recursion limit is a 400, not a stack overflow.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, v) = raw(&r.app, req("application/json", deep)).await;
+    assert_eq!((s, field(&v)), (StatusCode::BAD_REQUEST, "body"), "{v}");
+    // A huge bad value is not echoed back whole.
+    let huge = json!({"base_system_prompt":"x","max_tokens":"y".repeat(100_000)});
+    let (s, v) = call(
+        &r.app,
+        "POST",
+        "/memory/enhance-prompt/u1/meher",
+        Some(huge),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, field(&v)),
+        (StatusCode::BAD_REQUEST, "max_tokens"),
+        "{v}"
+    );
+    assert!(v.to_string().len() < 1000, "{}", v.to_string().len());
 }
 
 #[tokio::test]
@@ -625,6 +662,7 @@ fn state_on(
         api_key: None,
         webhook_secret: None,
         checks,
+        rate_limiter: None,
     }
 }
 
@@ -786,4 +824,117 @@ async fn ingest_events_are_counted_by_outcome_and_rejection_reason() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
     assert!(!text.contains("u_counted"));
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, v)
+}
+
+fn get(uri: &str, key: Option<&str>, from: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(uri);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    if let Some(ip) = from {
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    req
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after_once_the_key_spent_its_burst() {
+    let limit = RateLimit {
+        replenish_one_per: Duration::from_millis(300),
+        burst: std::num::NonZeroU32::new(2).unwrap(),
+    };
+    let r = rig_limited(Some("k"), None, Some(limit));
+    let search = "/memory/search/u1/meher?query=dog";
+    for i in 0..2 {
+        let (s, _, v) = send(&r.app, get(search, Some("k"), None)).await;
+        assert_eq!(s, StatusCode::OK, "request {i}: {v}");
+    }
+    let (s, headers, v) = send(&r.app, get(search, Some("k"), None)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry, 1, "300 ms rounds up to 1 s");
+    // The bucket is the key's, shared by the routes that embed a query.
+    let (s, _, _) = send(&r.app, get("/memory/context/u2/luna", Some("k"), None)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let enhance = Request::post("/memory/enhance-prompt/u1/meher")
+        .header("authorization", "Bearer k")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"base_system_prompt":"x"}"#))
+        .unwrap();
+    assert_eq!(send(&r.app, enhance).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Other routes are not limited; a wrong key is refused before it touches a bucket.
+    let (s, _, _) = send(&r.app, get("/memory/stats/u1/meher", Some("k"), None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = send(&r.app, get(search, Some("wrong"), None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = send(&r.app, get(search, None, None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let resp = r
+        .app
+        .clone()
+        .oneshot(get("/metrics", None, None))
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        r#"recall_http_rate_limited_total{route="/memory/search/{user_id}/{character_name}"} 1"#,
+        r#"recall_http_rate_limited_total{route="/memory/context/{user_id}/{character_name}"} 1"#,
+        r#"recall_http_rate_limited_total{route="/memory/enhance-prompt/{user_id}/{character_name}"} 1"#,
+        r#"recall_http_requests_total{method="GET",route="/memory/search/{user_id}/{character_name}",status="429"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains("Bearer") && !text.contains("u1"));
+
+    // One request is earned back per 300 ms.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (s, _, v) = send(&r.app, get(search, Some("k"), None)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, _) = send(&r.app, get(search, Some("k"), None)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "only one was earned back");
+}
+
+#[tokio::test]
+async fn without_the_key_the_rate_limit_is_per_client_address() {
+    let limit = RateLimit {
+        replenish_one_per: Duration::from_secs(60),
+        burst: std::num::NonZeroU32::MIN,
+    };
+    let r = rig_limited(None, None, Some(limit));
+    let uri = "/memory/context/u1/meher";
+    let here = Some("127.0.0.1");
+    assert_eq!(send(&r.app, get(uri, None, here)).await.0, StatusCode::OK);
+    let (s, headers, _) = send(&r.app, get(uri, None, here)).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "60");
+    let there = Some("127.0.0.2");
+    assert_eq!(
+        send(&r.app, get(uri, None, there)).await.0,
+        StatusCode::OK,
+        "another client has its own bucket"
+    );
+    // Without a key, a bearer token does not pick the bucket: changing it does not help.
+    assert_eq!(
+        send(&r.app, get(uri, Some("any"), here)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

@@ -23,7 +23,7 @@ class RecallError(Exception):
 
     `status` is the HTTP status (0 when the server could not be reached), `code` the server's
     stable code (`invalid_request`, `unauthorized`, `unavailable`, ...), `field` the request field
-    at fault, `retry_after` the seconds to wait on a 503.
+    at fault, `retry_after` the seconds to wait on a 503 or a 429 (rate limit).
     """
 
     def __init__(
