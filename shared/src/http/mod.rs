@@ -37,6 +37,7 @@ use axum::routing::MethodRouter;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
+pub use extract::decode_json_body;
 
 use crate::batching::BatchRules;
 use crate::metrics::Metrics;
