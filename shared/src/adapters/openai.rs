@@ -906,6 +906,66 @@ fn parse_event_time(raw: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// What a chat completion answer holds.
+#[derive(Debug)]
+enum Answer {
+    /// The model refused the batch (a refusal or `finish_reason: content_filter`).
+    Refused { finish_reason: String },
+    /// The memories validation kept.
+    Memories(Parsed),
+}
+
+/// Reads a chat completion body: the tokens it reports, and a refusal or the validated memories.
+fn read_answer(body: &[u8], prompt: &Prompt) -> PortResult<(TokenUsage, Answer)> {
+    let answer: ChatAnswer =
+        serde_json::from_slice(body).map_err(|e| json_error("the chat completion", &e))?;
+    let u = answer.usage.unwrap_or_default();
+    let usage = TokenUsage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    };
+    let choice = answer.choices.into_iter().next().ok_or_else(|| {
+        PortError::invalid_output(DEPENDENCY, "the chat completion has no choices")
+    })?;
+    let finish_reason = choice.finish_reason.unwrap_or_default();
+    let message = choice.message.unwrap_or(ChatAnswerMessage {
+        content: None,
+        refusal: None,
+    });
+    let refused = message.refusal.as_deref().is_some_and(|r| !r.is_empty());
+    if refused || finish_reason == "content_filter" {
+        return Ok((usage, Answer::Refused { finish_reason }));
+    }
+    if finish_reason == "length" {
+        return Err(PortError::invalid_output(
+            DEPENDENCY,
+            format!("the answer was cut off at {MAX_COMPLETION_TOKENS} tokens"),
+        ));
+    }
+    let content = message
+        .content
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| PortError::invalid_output(DEPENDENCY, "the answer is empty"))?;
+    let parsed = parse_memories(&content, prompt)?;
+    Ok((usage, Answer::Memories(parsed)))
+}
+
+/// The memories [`OpenAiExtractor`] keeps from a chat completion `body` answering `request`
+/// (none when the model refused), and the tokens it reports. Public for the fuzz target
+/// `llm_output` (`fuzz/`).
+pub fn parse_chat_completion(
+    body: &[u8],
+    request: &ExtractionRequest<'_>,
+) -> PortResult<(Vec<ExtractedMemory>, TokenUsage)> {
+    let prompt = build_prompt(request, false);
+    let (usage, answer) = read_answer(body, &prompt)?;
+    let memories = match answer {
+        Answer::Refused { .. } => Vec::new(),
+        Answer::Memories(parsed) => parsed.memories,
+    };
+    Ok((memories, usage))
+}
+
 /// Extracts memories with one structured chat completion per batch.
 #[derive(Debug)]
 pub struct OpenAiExtractor {
@@ -991,43 +1051,21 @@ impl Extractor for OpenAiExtractor {
             .api
             .post(Endpoint::Chat, &self.model, &self.chat_request(&prompt))
             .await?;
-        let answer: ChatAnswer =
-            serde_json::from_slice(&body).map_err(|e| json_error("the chat completion", &e))?;
-        let u = answer.usage.unwrap_or_default();
-        let usage = TokenUsage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
+        let (usage, answer) = read_answer(&body, &prompt)?;
+        let parsed = match answer {
+            Answer::Memories(parsed) => parsed,
+            Answer::Refused { finish_reason } => {
+                // A refusal is a decision about this content: retrying would pay for the same
+                // answer.
+                tracing::warn!(
+                    model = %self.model,
+                    messages = request.messages.len(),
+                    finish_reason = %finish_reason,
+                    "the model refused the batch; it yields no memories"
+                );
+                return Ok(empty(usage));
+            }
         };
-        let choice = answer.choices.into_iter().next().ok_or_else(|| {
-            PortError::invalid_output(DEPENDENCY, "the chat completion has no choices")
-        })?;
-        let finish = choice.finish_reason.unwrap_or_default();
-        let message = choice.message.unwrap_or(ChatAnswerMessage {
-            content: None,
-            refusal: None,
-        });
-        let refused = message.refusal.as_deref().is_some_and(|r| !r.is_empty());
-        if refused || finish == "content_filter" {
-            // A refusal is a decision about this content: retrying would pay for the same answer.
-            tracing::warn!(
-                model = %self.model,
-                messages = request.messages.len(),
-                finish_reason = %finish,
-                "the model refused the batch; it yields no memories"
-            );
-            return Ok(empty(usage));
-        }
-        if finish == "length" {
-            return Err(PortError::invalid_output(
-                DEPENDENCY,
-                format!("the answer was cut off at {MAX_COMPLETION_TOKENS} tokens"),
-            ));
-        }
-        let content = message
-            .content
-            .filter(|c| !c.trim().is_empty())
-            .ok_or_else(|| PortError::invalid_output(DEPENDENCY, "the answer is empty"))?;
-        let parsed = parse_memories(&content, &prompt)?;
         tracing::debug!(
             model = %self.model,
             messages = request.messages.len(),
@@ -1370,6 +1408,27 @@ mod tests {
         let start = content.find(&open).unwrap() + open.len();
         let end = content.find(&close).unwrap();
         content[start..end].to_string()
+    }
+
+    #[test]
+    fn parse_chat_completion_reads_a_recorded_answer() {
+        let (p, messages, old) = (pair(), batch(), existing());
+        let req = request(&p, &messages, &old);
+        let content = json!({"memories": [
+            {"text": " The user lives in\n Bengaluru ", "category": "location", "importance": 4,
+             "event_time": null, "source_message_ids": ["msg-0"], "supersedes": ["m2"]}
+        ]});
+        let body = crate::testkit::fake_openai::chat_envelope("m", &content.to_string(), 10, 5);
+        let (memories, usage) = parse_chat_completion(body.to_string().as_bytes(), &req).unwrap();
+        assert_eq!(memories.len(), 1);
+        assert_eq!(memories[0].text, "The user lives in Bengaluru");
+        assert_eq!(memories[0].supersedes, vec![Uuid::from_u128(0xBBBB_0002)]);
+        assert_eq!(usage.prompt_tokens + usage.completion_tokens, 15);
+        let refusal = json!({"choices": [{"message": {"content": null, "refusal": "no"}}]});
+        let (memories, _) = parse_chat_completion(refusal.to_string().as_bytes(), &req).unwrap();
+        assert!(memories.is_empty());
+        let err = parse_chat_completion(b"{\"choices\": []}", &req).unwrap_err();
+        assert!(matches!(err, PortError::InvalidOutput { .. }), "{err:?}");
     }
 
     #[tokio::test]

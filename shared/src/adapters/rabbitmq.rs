@@ -73,6 +73,7 @@ use lapin::{
     ExchangeKind,
 };
 use prometheus::IntGauge;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -215,6 +216,17 @@ fn redact_url(url: &str) -> String {
         return format!("{scheme}://{user}:***@{host}");
     }
     url.to_owned()
+}
+
+/// The body of a published message (an event or a batch job): its JSON.
+pub fn encode_body<T: Serialize>(payload: &T) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(payload)
+}
+
+/// What a consumer makes of a delivery's body; one that does not decode is parked. Public for
+/// the fuzz target `event_decode` (`fuzz/`).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(body)
 }
 
 /// The shard (0..`shards`) of a pair: the first 8 bytes of SHA-256(user_id, 0, character_name),
@@ -971,7 +983,7 @@ impl AmqpBus {
 #[async_trait]
 impl EventBus for AmqpBus {
     async fn publish_event(&self, event: &MessageEvent) -> PortResult<()> {
-        let body = serde_json::to_vec(event).map_err(|e| PortError::rejected(DEP, e))?;
+        let body = encode_body(event).map_err(|e| PortError::rejected(DEP, e))?;
         let shard = shard_of(&event.pair(), self.shared.settings.shards);
         self.publish(
             &self.shared.topology.events_exchange,
@@ -982,7 +994,7 @@ impl EventBus for AmqpBus {
     }
 
     async fn publish_batch_job(&self, pair: &Pair) -> PortResult<()> {
-        let body = serde_json::to_vec(pair).map_err(|e| PortError::rejected(DEP, e))?;
+        let body = encode_body(pair).map_err(|e| PortError::rejected(DEP, e))?;
         self.publish("", &self.shared.topology.batch_queue, &body)
             .await
     }
@@ -1403,7 +1415,7 @@ async fn consume<T: DeserializeOwned + Send + 'static>(
         };
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let attempt = header_u32(&headers, HEADER_ATTEMPT).unwrap_or(0);
-        let payload = match serde_json::from_slice::<T>(&delivery.data) {
+        let payload = match decode_body::<T>(&delivery.data) {
             Ok(p) => p,
             Err(e) => {
                 // The error text may quote the body: it goes into the parked message, not the log.

@@ -13,9 +13,6 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::domain::Pair;
 
-/// Longest error message taken from the JSON parser.
-const MAX_MESSAGE_CHARS: usize = 200;
-
 /// A JSON body: 415 without a JSON content type, 413 when too large, 400 naming the bad field.
 #[derive(Debug)]
 pub(crate) struct JsonBody<T>(pub(crate) T);
@@ -45,35 +42,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     }
                 }
             })?;
-        // Every body is an object: anything else (an array standing in for a struct, deep nesting)
-        // is refused before the parser walks into it.
-        if bytes.trim_ascii_start().first() != Some(&b'{') {
-            return Err(ApiError::invalid("body", "the body must be a JSON object"));
-        }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let text = inner.to_string();
-                let named = missing_field(&text).or_else(|| unknown_field(&text));
-                let field = match (path.as_str(), named) {
-                    _ if inner.is_syntax() || inner.is_eof() => "body".to_owned(),
-                    (_, Some(name)) => name,
-                    (".", None) | ("", None) | ("?", None) => "body".to_owned(),
-                    (p, None) => p.to_owned(),
-                };
-                // serde's message says what was wrong; it may quote a value of the client's own,
-                // so it is cut short: a huge bad value is not sent back whole.
-                let message = text.split(" at line ").next().unwrap_or_default();
-                let mut message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
-                if message.len() < text.len() && !text[message.len()..].starts_with(" at line ") {
-                    message.push_str("...");
-                }
-                ApiError::invalid(field, message)
-            })
+        decode_json_body(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON request body as the API decodes it (after the content-type and size checks): the value,
+/// or a 400 naming the field at fault. Public for the fuzz target `event_decode` (`fuzz/`).
+pub fn decode_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object: anything else (an array standing in for a struct, deep nesting)
+    // is refused before the parser walks into it.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::invalid("body", "the body must be a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let text = inner.to_string();
+        let named = missing_field(&text).or_else(|| unknown_field(&text));
+        let field = match (path.as_str(), named) {
+            _ if inner.is_syntax() || inner.is_eof() => "body".to_owned(),
+            (_, Some(name)) => name,
+            (".", None) | ("", None) | ("?", None) => "body".to_owned(),
+            // A path is made of names as sent, so it is cut short too.
+            (p, None) => cut(p, MAX_ERROR_MESSAGE_CHARS),
+        };
+        // serde's message says what was wrong; it may quote the input (an unknown field's name,
+        // a string of the wrong type), so it is cut short, and its position suffix dropped.
+        let message = text.split(" at line ").next().unwrap_or_default();
+        ApiError::invalid(field, cut(message, MAX_ERROR_MESSAGE_CHARS))
+    })?;
+    // As serde_json::from_slice (the AMQP consumers' decoder) does: only whitespace may follow.
+    de.end()
+        .map_err(|_| ApiError::invalid("body", "trailing characters after the JSON value"))?;
+    Ok(value)
+}
+
+/// Longest message (and field) of a 400 for a body that does not decode, in characters.
+const MAX_ERROR_MESSAGE_CHARS: usize = 200;
+
+/// `text`, or its first `max - 3` characters and `...` when it is longer than `max`.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(max.saturating_sub(3)).collect();
+    short.push_str("...");
+    short
 }
 
 /// Pulls the name out of serde's "missing field `x`" message.
@@ -188,5 +203,69 @@ impl Params {
                 format!("{name} must be true or false"),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::api::MessageCreated;
+
+    /// Found by the `event_decode` fuzz target: the 400 quoted a field name of any length.
+    #[test]
+    fn an_unknown_field_is_not_echoed_at_any_length() {
+        let body =
+            b"{\"uwer_GGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGG\
+            GGGGGGGGGGGGGGGGGGGGGG11111111111GGGGGGGGGGGGGGGGGGGGGid\":\r~\x00";
+        let e = decode_json_body::<MessageCreated>(body).unwrap_err();
+        let field = e.field.unwrap();
+        assert!(
+            field.starts_with("uwer_") && field.ends_with("Gid"),
+            "{field}"
+        );
+        assert_eq!(e.message.chars().count(), MAX_ERROR_MESSAGE_CHARS);
+        assert!(
+            e.message.starts_with("unknown field `uwer_GGG"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.ends_with("..."));
+        let long = format!("\"{}\"", "x".repeat(100_000));
+        let e = decode_json_body::<MessageCreated>(long.as_bytes()).unwrap_err();
+        assert!(e.message.chars().count() <= MAX_ERROR_MESSAGE_CHARS);
+        let short = decode_json_body::<MessageCreated>(br#"{"user_id":"a"}"#).unwrap_err();
+        assert_eq!(short.message, "missing field `character_name`");
+    }
+
+    /// Found by the `event_decode` fuzz target: the 400 named an unknown field of any length.
+    #[test]
+    fn an_unknown_field_is_named_within_bounds() {
+        let body =
+            b"{\"user_id\":\"kr\",\"characteo-00hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh\
+            hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh\
+            hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh:{\"\\/d\"\r\r\r\x1b1\"}";
+        let e = decode_json_body::<MessageCreated>(body).unwrap_err();
+        let field = e.field.unwrap();
+        assert_eq!(field.chars().count(), MAX_ERROR_MESSAGE_CHARS, "{field}");
+        assert!(
+            field.starts_with("characteo-00hhh") && field.ends_with("..."),
+            "{field}"
+        );
+        assert!(e.message.chars().count() <= MAX_ERROR_MESSAGE_CHARS);
+    }
+
+    /// Found by the `event_decode` fuzz target: the API took a body the AMQP consumers refuse.
+    #[test]
+    fn a_body_with_trailing_characters_is_refused() {
+        let body = br#"{"user_id":"u_priya","character_name":"luna","message_id":null}lun"#;
+        let e = decode_json_body::<MessageCreated>(body).unwrap_err();
+        assert_eq!(
+            (e.status, e.field.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("body"))
+        );
+        let two = br#"{"user_id":"a","character_name":"b"} {"user_id":"c","character_name":"d"}"#;
+        assert!(decode_json_body::<MessageCreated>(two).is_err());
+        let padded = b" {\"user_id\":\"a\",\"character_name\":\"b\"}\n\t ";
+        assert!(decode_json_body::<MessageCreated>(padded).is_ok());
     }
 }

@@ -40,6 +40,7 @@ use axum::routing::MethodRouter;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
+pub use extract::decode_json_body;
 pub use rate_limit::{RateLimit, RateLimiter};
 
 use crate::batching::BatchRules;
