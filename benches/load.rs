@@ -47,24 +47,32 @@ fn rss(p: &Proc) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Posts `per_pair` messages to every pair at `rate` messages/s (round-robin over the pairs, at
-/// most 64 requests in flight); returns the accepted events/s.
+/// Posts `per_pair` messages to every pair at `rate` messages/s in all (at most 64 requests in
+/// flight); returns the accepted events/s. Conversations are staggered like real chats: each
+/// pair sends at the same pace, the pairs start one after another over one conversation's
+/// length, so pairs come due spread over time rather than all at once.
 async fn offer(stack: &Arc<Stack>, base: &str, pairs: &[Pair], per_pair: usize, rate: u64) -> f64 {
+    let n = pairs.len();
+    // Message i of pair p is due at p * per_pair / n + i (in units of one pair's period).
+    let mut order: Vec<(f64, usize, usize)> = (0..n)
+        .flat_map(|p| {
+            (0..per_pair).map(move |i| (p as f64 * per_pair as f64 / n as f64 + i as f64, p, i))
+        })
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
     let slots = Arc::new(Semaphore::new(64));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..per_pair {
-        for pair in pairs {
-            tick.tick().await;
-            let permit = slots.clone().acquire_owned().await.expect("open");
-            let (stack, base, pair) = (stack.clone(), base.to_owned(), pair.clone());
-            tasks.push(tokio::spawn(async move {
-                stack.post(&base, &pair, i).await;
-                drop(permit);
-            }));
-        }
+    for (_, p, i) in order {
+        tick.tick().await;
+        let permit = slots.clone().acquire_owned().await.expect("open");
+        let (stack, base, pair) = (stack.clone(), base.to_owned(), pairs[p].clone());
+        tasks.push(tokio::spawn(async move {
+            stack.post(&base, &pair, i).await;
+            drop(permit);
+        }));
     }
     for t in tasks {
         t.await.expect("post");
