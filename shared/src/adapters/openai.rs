@@ -876,6 +876,7 @@ fn parse_memories(content: &str, prompt: &Prompt) -> PortResult<Parsed> {
             event_time,
             source_message_ids,
             supersedes,
+            supersedes_in_batch: Vec::new(),
         });
     }
     Ok(parsed)
