@@ -31,14 +31,18 @@
 //!   breakups, the bond with the character), work and studies 3-4 (role, employer, job change,
 //!   shifts, exams, internship), location 3 ("live in", "moved to", "based in", "from", "I'm in
 //!   X"), plan 3 (goals, bookings, a future date), event 3 (a past date with something happening,
-//!   achievements, "big news"), preference 2-3 (love, hate, can't stand, favourite, diet, routines,
-//!   fitness numbers), emotion 2 (stressed, anxious, lonely, excited, ... said of oneself), other 3
+//!   achievements, "big news", a plan done: "DONE!!!", "did it", something bought or joined),
+//!   preference 2-3 (love, hate, can't stand, favourite, diet, routines, also across sentences:
+//!   "evening mein jau, 8:30 pm. gym 11 tak open hai", fitness numbers), emotion 2 (stressed, anxious, lonely, excited, ... said of oneself), other 3
 //!   ("please remember ..."). A short reply to a question about identity, work, health, home or
 //!   a person takes that question's category.
 //! - **One memory per message**: `User said: <message>`, in the user's own words and language
 //!   (Hinglish stays Hinglish, nothing is translated); a message longer than 300 characters keeps
 //!   only the sentences that fired. Whitespace is collapsed and texts are cut at 300 characters
-//!   on a word boundary. `source_message_ids` is the message's id.
+//!   on a word boundary. `source_message_ids` is the message's id. One exception: a short
+//!   announcement (60 characters at most: "first day done at khaata labs") followed by an
+//!   assistant follow-up ("How was it?", "What happened?", "How is she?") is completed by the
+//!   reply, in one memory sourced at both messages.
 //! - **Dates** (`event_time` = 00:00 UTC of the resolved day, set on plans and events, and on
 //!   others naming an exact future day; the reference day is the UTC date of the message's
 //!   `created_at`): `today`/`tonight` = that day, `tomorrow` +1, `day after (tomorrow)` +2,
@@ -54,17 +58,43 @@
 //!   after the reference day, unless the sentence is past tense ("was", "went", "ago", "since",
 //!   "born", "finished", ...): then the latest one on or before it. "Tomorrow" alone makes a
 //!   plan only with a plan word (exam, flight, interview, review, ...).
-//! - **Supersession** (conservative: at most one existing memory per change, and only changes of
-//!   the user's own life, not "my sister is moving"): a move that happened ("moved to",
-//!   "shifted to", "relocated", "I'm in X now, officially") supersedes the newest location memory
-//!   about a home sharing no word with the new one; a job change ("got a new job", "resigned",
-//!   "quitting", "first day at", "last day at") the newest work memory about a job held (not an
-//!   interview or offer) sharing no word with it; a breakup ("broke up", "split up",
-//!   "divorced") the relationship memory about a partner sharing the most words with it, else
-//!   the newest about a partner; a rename ("renamed", "new name", "X is not X anymore ... calls
-//!   her Y") the relationship memory naming the old name; a postponement or cancellation
-//!   ("postponed", "moved the flight", "is off", "instead of") of something planned the
-//!   still-upcoming plan sharing the most words, else the newest upcoming one.
+//! - **Supersession** (conservative: only changes of the user's own life, not "my sister is
+//!   moving"; candidates are the existing memories the pipeline passes and the memories drafted
+//!   earlier in the same batch, the latter through `supersedes_in_batch`):
+//!   - a move that happened ("moved to", "shifted to", "relocated", "I'm in X now, officially")
+//!     replaces the newest location memory about a home sharing no word with the new one;
+//!   - a job change ("got a new job", "resigned", "quitting", "first day at", "first day done
+//!     at", "last day at") the newest work memory about a job held (not an interview, an offer
+//!     or a job still to start) sharing no word with it;
+//!   - a breakup ("broke up", "split up", "divorced") the relationship memory about a partner
+//!     sharing the most words with it, else the newest about a partner; a rename ("renamed",
+//!     "new name", "X is not X anymore ... calls her Y") the relationship memory naming the old
+//!     name;
+//!   - a postponement or cancellation ("postponed", "moved the flight", "is off", "instead
+//!     of") of something planned: the still-upcoming plan (or memory that was about a day still
+//!     to come) sharing the most words, else the newest upcoming plan;
+//!   - a plan done: a goal reached ("finished", "submitted", "summited", "did it", "DONE!!!")
+//!     replaces the plan sharing a word and due from 10 days before to 14 days after the day it
+//!     names (else today), or with no word in common the plans due that day (3 days back when
+//!     the message names the day: "summited on 23rd"); something that only took place
+//!     ("happened", "went well", "back from") replaces only a plan told as an intention or
+//!     already moved ("I want to", "registered", "postponed"), since "her birthday is on the
+//!     25th" stays true once it happened. A cancelled plan is never "done";
+//!   - a discharge ("discharged", "off oxygen", "out of the hospital") every hospital-stay
+//!     memory of the last 30 days ("admitted", "on oxygen", "in the hospital"), at most 3;
+//!   - a shift switch ("day shifts", "no more nights") every work memory about the other
+//!     pattern ("nights a week", "night shifts"), at most 3;
+//!   - a routine moved (the same activity at another clock time, with "now"/"instead" or
+//!     from am to pm: "gym at 7am" -> "evening gym, 8:30 pm") the newest such routine;
+//!   - getting what was missing ("joined a gym", "bought a car") the newest memory saying it
+//!     was lacking ("no gym yet", "don't have a car");
+//!   - a new figure (body weight: "61.5 kg", "weight 60.4", a bare number answering "Weight
+//!     check?"; a lift: "deadlift 150") the newest memory stating the same figure with another
+//!     value, unless that memory also states a goal or is an identity or plan memory (a
+//!     goal, a target, a change "lost 4 kg" or someone else's weight is no figure).
+//!
+//!   A replacing memory ends with ` (earlier: <the replaced memory's words, at most 90
+//!   characters>)`, so "FINISHED 58:40" still says what was finished once the plan is hidden.
 //! - **De-duplication.** A memory whose normalised text (lower case, letters and digits only, the
 //!   `User said:` prefix ignored) equals an existing memory's or an earlier one's of the same
 //!   output is not emitted.
