@@ -277,6 +277,11 @@ pub struct ExtractedMemory {
     /// Ids of existing memories this one replaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supersedes: Vec<Uuid>,
+    /// Earlier memories of the same extraction this one replaces, by their position in it (a
+    /// change said within one batch: "booked Goa" ... "the Goa trip is off"). They are stored
+    /// already superseded, kept for history like any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes_in_batch: Vec<usize>,
 }
 
 /// Token counts of one LLM call.

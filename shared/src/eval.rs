@@ -8,9 +8,12 @@
 //! - **fact coverage**: a gold fact counts when a memory has the fact's `first_message_id` among
 //!   its sources and its text is similar to the fact (cosine >= [`MATCH_SIMILARITY`]);
 //! - **retrieval**: for each gold question, is a memory sourced at that message in the top 5
-//!   of search (recall@5), and the reciprocal rank of the first such memory (MRR@5);
+//!   of search (recall@5), and the reciprocal rank of the first such memory (MRR@5); search
+//!   sees live memories only, so questions about a fact a later one replaced miss once that
+//!   fact is rightly superseded: recall@5 of the questions on current facts is reported too;
 //! - **supersession**: for a fact that `supersedes` another, is the new state stored and live
-//!   while no live memory from the old fact's message still states the old fact;
+//!   (or superseded, when a later fact replaces it in turn: postponed, then done) while no live
+//!   memory from the old fact's message still states the old fact;
 //! - **hygiene**: memories holding injection text, card-like numbers or one-time codes (must be
 //!   0), memories sourced only from assistant messages, and near-duplicates within a pair;
 //! - **search path alone**: the gold facts themselves stored as memories, then the questions
@@ -94,6 +97,13 @@ pub struct Scores {
     pub hits_at_5: usize,
     /// Sum of reciprocal ranks (MRR numerator).
     pub reciprocal_rank_sum: f64,
+    /// Questions about facts a later fact replaced (their memory is rightly hidden once
+    /// superseded, so they are expected to miss).
+    pub replaced_questions: usize,
+    /// Of those, questions with a right memory in the top 5.
+    pub replaced_hits_at_5: usize,
+    /// Of those, the sum of reciprocal ranks.
+    pub replaced_reciprocal_rank_sum: f64,
     /// Facts that supersede another, and those handled right.
     pub supersessions: usize,
     /// Supersessions handled right.
@@ -117,6 +127,9 @@ impl Scores {
         self.questions += o.questions;
         self.hits_at_5 += o.hits_at_5;
         self.reciprocal_rank_sum += o.reciprocal_rank_sum;
+        self.replaced_questions += o.replaced_questions;
+        self.replaced_hits_at_5 += o.replaced_hits_at_5;
+        self.replaced_reciprocal_rank_sum += o.replaced_reciprocal_rank_sum;
         self.supersessions += o.supersessions;
         self.supersessions_right += o.supersessions_right;
         self.search_path_hits += o.search_path_hits;
@@ -137,6 +150,23 @@ impl Scores {
     pub fn recall_at_5(&self) -> f64 {
         Self::ratio(self.hits_at_5, self.questions)
     }
+    /// Recall@5 of the questions about facts still true at the end (no later fact replaces
+    /// them): retrieval without the cost of hiding replaced facts.
+    pub fn recall_at_5_current(&self) -> f64 {
+        Self::ratio(
+            self.hits_at_5 - self.replaced_hits_at_5,
+            self.questions - self.replaced_questions,
+        )
+    }
+    /// MRR@5 of the questions on current facts.
+    pub fn mrr_current(&self) -> f64 {
+        let n = self.questions - self.replaced_questions;
+        if n == 0 {
+            0.0
+        } else {
+            (self.reciprocal_rank_sum - self.replaced_reciprocal_rank_sum) / n as f64
+        }
+    }
     /// Mean reciprocal rank within the top 5.
     pub fn mrr(&self) -> f64 {
         if self.questions == 0 {
@@ -155,6 +185,41 @@ impl Scores {
     }
 }
 
+/// How one gold supersession came out (for `eval --verbose`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SupersessionCase {
+    /// The fact stating the new state.
+    pub fact_id: String,
+    /// The fact it replaces.
+    pub supersedes: String,
+    /// A live memory states the new fact: its text.
+    pub new_memory: Option<String>,
+    /// A live memory still states the old fact: its text.
+    pub old_memory: Option<String>,
+    /// What was stored from the new fact's first message: similarity to the fact, live or
+    /// superseded, text.
+    pub from_message: Vec<String>,
+}
+
+impl SupersessionCase {
+    /// Whether the supersession was handled right: new state live, old state hidden.
+    pub fn right(&self) -> bool {
+        self.new_memory.is_some() && self.old_memory.is_none()
+    }
+}
+
+/// A gold fact no memory states (for `eval --verbose`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MissedFact {
+    /// Fact id.
+    pub fact_id: String,
+    /// The fact.
+    pub fact: String,
+    /// What was stored from the fact's first message: similarity to the fact, live or
+    /// superseded, text.
+    pub from_message: Vec<String>,
+}
+
 /// The evaluation of a data folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -166,6 +231,12 @@ pub struct Report {
     pub conversations: Vec<Scores>,
     /// All conversations together.
     pub total: Scores,
+    /// Every gold supersession and how it came out.
+    pub supersessions: Vec<SupersessionCase>,
+    /// Gold facts no memory states.
+    pub missed: Vec<MissedFact>,
+    /// Gold facts with a question that missed: fact id, hits, questions.
+    pub retrieval_misses: Vec<(String, usize, usize)>,
 }
 
 impl Report {
@@ -180,6 +251,8 @@ impl Report {
             "memories": t.memories,
             "fact_coverage": t.fact_coverage(),
             "recall_at_5": t.recall_at_5(),
+            "recall_at_5_current": t.recall_at_5_current(),
+            "mrr_current": t.mrr_current(),
             "mrr": t.mrr(),
             "supersession_accuracy": t.supersession_accuracy(),
             "search_path_recall_at_5": t.search_path_recall_at_5(),
@@ -193,7 +266,7 @@ impl Report {
     /// One table, a row per conversation and the total.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "extractor: {}, embedder: {}\n{:<20} {:>5} {:>5} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>5} {:>5}\n",
+            "extractor: {}, embedder: {}\n{:<20} {:>5} {:>5} {:>9} {:>7} {:>7} {:>6} {:>8} {:>7} {:>7} {:>5} {:>5}\n",
             self.extractor,
             self.embedder,
             "conversation",
@@ -201,6 +274,7 @@ impl Report {
             "mems",
             "coverage",
             "rec@5",
+            "cur@5",
             "mrr",
             "supers.",
             "search",
@@ -214,12 +288,13 @@ impl Report {
             .chain(std::iter::once(&self.total))
         {
             out.push_str(&format!(
-                "{:<20} {:>5} {:>5} {:>9.3} {:>7.3} {:>6.3} {:>8} {:>7.3} {:>7} {:>5} {:>5}\n",
+                "{:<20} {:>5} {:>5} {:>9.3} {:>7.3} {:>7.3} {:>6.3} {:>8} {:>7.3} {:>7} {:>5} {:>5}\n",
                 s.name,
                 s.messages,
                 s.memories,
                 s.fact_coverage(),
                 s.recall_at_5(),
+                s.recall_at_5_current(),
                 s.mrr(),
                 format!("{}/{}", s.supersessions_right, s.supersessions),
                 s.search_path_recall_at_5(),
@@ -227,6 +302,49 @@ impl Report {
                 s.assistant_claims,
                 s.duplicates
             ));
+        }
+        out
+    }
+
+    /// The cases behind the figures: every supersession (right or not, with the memories that
+    /// decided it) and every gold fact no memory states.
+    pub fn details(&self) -> String {
+        let cut = |t: &str| t.chars().take(110).collect::<String>();
+        let mut out = String::from("supersessions:\n");
+        for c in &self.supersessions {
+            out.push_str(&format!(
+                "  {} {} supersedes {}\n",
+                if c.right() { "ok  " } else { "FAIL" },
+                c.fact_id,
+                c.supersedes
+            ));
+            match &c.new_memory {
+                Some(m) => out.push_str(&format!("       new live: {}\n", cut(m))),
+                None => {
+                    out.push_str("       new state: not stored or not live\n");
+                    for m in &c.from_message {
+                        out.push_str(&format!("         from its message: {}\n", cut(m)));
+                    }
+                }
+            }
+            if let Some(m) = &c.old_memory {
+                out.push_str(&format!("       old still live: {}\n", cut(m)));
+            }
+        }
+        out.push_str("questions missed (hits/questions per fact):\n");
+        for line in self.retrieval_misses.chunks(6).map(|c| {
+            c.iter()
+                .map(|(f, h, q)| format!("{f} {h}/{q}"))
+                .collect::<Vec<_>>()
+        }) {
+            out.push_str(&format!("  {}\n", line.join(", ")));
+        }
+        out.push_str(&format!("facts not covered ({}):\n", self.missed.len()));
+        for f in &self.missed {
+            out.push_str(&format!("  {}: {}\n", f.fact_id, cut(&f.fact)));
+            for m in &f.from_message {
+                out.push_str(&format!("       from its message: {}\n", cut(m)));
+            }
         }
         out
     }
@@ -294,6 +412,9 @@ pub async fn run(deps: Deps, data: &Path) -> anyhow::Result<Report> {
             name: "all".into(),
             ..Scores::default()
         },
+        supersessions: Vec::new(),
+        missed: Vec::new(),
+        retrieval_misses: Vec::new(),
     };
     for file in conversation_files(data)? {
         let name = file
@@ -301,7 +422,8 @@ pub async fn run(deps: Deps, data: &Path) -> anyhow::Result<Report> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let messages: Vec<DataMessage> = read_jsonl(&file)?;
-        let scores = evaluate_conversation(&engine, &deps, &name, &messages, &facts).await?;
+        let scores =
+            evaluate_conversation(&engine, &deps, &name, &messages, &facts, &mut report).await?;
         report.total.add(&scores);
         report.conversations.push(scores);
     }
@@ -314,6 +436,7 @@ async fn evaluate_conversation(
     name: &str,
     data: &[DataMessage],
     all_facts: &[GoldFact],
+    report: &mut Report,
 ) -> anyhow::Result<Scores> {
     let Some(first) = data.first() else {
         return Ok(Scores {
@@ -367,15 +490,39 @@ async fn evaluate_conversation(
     let memory_vectors = embed(deps, &memory_texts).await?;
     let fact_vectors = embed(deps, &fact_texts).await?;
     let sourced = |m: &Memory, id: &str| m.source_message_ids.iter().any(|s| s == id);
+    // What was stored from a fact's first message, for the listing.
+    let from_message = |fi: usize| -> Vec<String> {
+        (0..memories.len())
+            .filter(|&mi| sourced(&memories[mi], &facts[fi].first_message_id))
+            .map(|mi| {
+                format!(
+                    "{:.2} {} {}",
+                    cosine(&memory_vectors[mi], &fact_vectors[fi]),
+                    if memories[mi].superseded_by.is_some() {
+                        "superseded"
+                    } else {
+                        "live"
+                    },
+                    memories[mi].text
+                )
+            })
+            .collect()
+    };
     let states = |mi: usize, fi: usize| -> bool {
         sourced(&memories[mi], &facts[fi].first_message_id)
             && cosine(&memory_vectors[mi], &fact_vectors[fi]) >= MATCH_SIMILARITY
     };
 
     // Coverage.
-    for fi in 0..facts.len() {
+    for (fi, f) in facts.iter().enumerate() {
         if (0..memories.len()).any(|mi| states(mi, fi)) {
             scores.covered += 1;
+        } else {
+            report.missed.push(MissedFact {
+                fact_id: f.fact_id.clone(),
+                fact: f.fact.clone(),
+                from_message: from_message(fi),
+            });
         }
     }
 
@@ -390,8 +537,16 @@ async fn evaluate_conversation(
         &questions.iter().map(|(_, q)| q.clone()).collect::<Vec<_>>(),
     )
     .await?;
+    // Facts a later fact replaces (their memory is rightly hidden once superseded).
+    let replaced: std::collections::HashSet<&str> = facts
+        .iter()
+        .filter_map(|f| f.supersedes.as_deref())
+        .collect();
+    let mut fact_hits = vec![0usize; facts.len()];
     for ((fi, _), vector) in questions.iter().zip(&question_vectors) {
         scores.questions += 1;
+        let was_replaced = replaced.contains(facts[*fi].fact_id.as_str());
+        scores.replaced_questions += usize::from(was_replaced);
         let found = deps
             .memories
             .search(&SearchQuery {
@@ -407,7 +562,19 @@ async fn evaluate_conversation(
             .position(|s| sourced(&s.memory, &facts[*fi].first_message_id))
         {
             scores.hits_at_5 += 1;
+            scores.replaced_hits_at_5 += usize::from(was_replaced);
+            if was_replaced {
+                scores.replaced_reciprocal_rank_sum += 1.0 / (rank + 1) as f64;
+            }
             scores.reciprocal_rank_sum += 1.0 / (rank + 1) as f64;
+            fact_hits[*fi] += 1;
+        }
+    }
+    for (fi, f) in facts.iter().enumerate() {
+        if fact_hits[fi] < f.questions.len() {
+            report
+                .retrieval_misses
+                .push((f.fact_id.clone(), fact_hits[fi], f.questions.len()));
         }
     }
 
@@ -423,16 +590,28 @@ async fn evaluate_conversation(
         };
         scores.supersessions += 1;
         let live = |mi: usize| memories[mi].superseded_by.is_none();
-        let new_live = (0..memories.len()).any(|mi| live(mi) && states(mi, fi));
-        let old_live = (0..memories.len()).any(|mi| {
+        // A state a later fact replaces in turn (postponed, then done) is right when stored:
+        // its memory is rightly superseded by then.
+        let replaced_later = replaced.contains(f.fact_id.as_str());
+        let new_live =
+            (0..memories.len()).find(|&mi| (replaced_later || live(mi)) && states(mi, fi));
+        let old_live = (0..memories.len()).find(|&mi| {
             live(mi)
                 && states(mi, *old)
                 && cosine(&memory_vectors[mi], &fact_vectors[*old])
                     > cosine(&memory_vectors[mi], &fact_vectors[fi])
         });
-        if new_live && !old_live {
+        let case = SupersessionCase {
+            fact_id: f.fact_id.clone(),
+            supersedes: facts[*old].fact_id.clone(),
+            new_memory: new_live.map(|mi| memories[mi].text.clone()),
+            old_memory: old_live.map(|mi| memories[mi].text.clone()),
+            from_message: from_message(fi),
+        };
+        if case.right() {
             scores.supersessions_right += 1;
         }
+        report.supersessions.push(case);
     }
 
     // Hygiene.

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub memories_stored_total: IntCounter,
     /// Memories marked superseded by a newer one.
     pub memories_superseded_total: IntCounter,
+    /// Proposed memories the pipeline's screen dropped before anything was written, by reason.
+    pub memories_dropped_total: IntCounterVec,
     /// Messages flipped to synced.
     pub messages_synced_total: IntCounter,
     /// Retries of calls to a dependency, by dependency.
@@ -225,6 +227,11 @@ impl Metrics {
             memories_superseded_total: counter(
                 "recall_memories_superseded_total",
                 "Memories marked superseded by a newer one.",
+            ),
+            memories_dropped_total: counter_vec(
+                "recall_memories_dropped_total",
+                "Proposed memories dropped before writing, by reason.",
+                &["reason"],
             ),
             messages_synced_total: counter(
                 "recall_messages_synced_total",

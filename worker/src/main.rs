@@ -47,6 +47,10 @@ struct EvalArgs {
     /// Print the summary as JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also list, on stderr, every supersession (right or not, with the memories that decided
+    /// it) and every gold fact no memory states.
+    #[arg(long)]
+    verbose: bool,
     /// Folder of the all-MiniLM-L6-v2 files (default: `recall-data/models/all-MiniLM-L6-v2`,
     /// where scripts/demo.sh fetches them).
     #[arg(long, env = "RECALL_MODEL_DIR")]
@@ -83,6 +87,9 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report.summary())?);
     } else {
         print!("{}", report.table());
+    }
+    if args.verbose {
+        eprint!("{}", report.details());
     }
     Ok(())
 }

@@ -31,14 +31,18 @@
 //!   breakups, the bond with the character), work and studies 3-4 (role, employer, job change,
 //!   shifts, exams, internship), location 3 ("live in", "moved to", "based in", "from", "I'm in
 //!   X"), plan 3 (goals, bookings, a future date), event 3 (a past date with something happening,
-//!   achievements, "big news"), preference 2-3 (love, hate, can't stand, favourite, diet, routines,
-//!   fitness numbers), emotion 2 (stressed, anxious, lonely, excited, ... said of oneself), other 3
+//!   achievements, "big news", a plan done: "DONE!!!", "did it", something bought or joined),
+//!   preference 2-3 (love, hate, can't stand, favourite, diet, routines, also across sentences:
+//!   "evening mein jau, 8:30 pm. gym 11 tak open hai", fitness numbers), emotion 2 (stressed, anxious, lonely, excited, ... said of oneself), other 3
 //!   ("please remember ..."). A short reply to a question about identity, work, health, home or
 //!   a person takes that question's category.
 //! - **One memory per message**: `User said: <message>`, in the user's own words and language
 //!   (Hinglish stays Hinglish, nothing is translated); a message longer than 300 characters keeps
 //!   only the sentences that fired. Whitespace is collapsed and texts are cut at 300 characters
-//!   on a word boundary. `source_message_ids` is the message's id.
+//!   on a word boundary. `source_message_ids` is the message's id. One exception: a short
+//!   announcement (60 characters at most: "first day done at khaata labs") followed by an
+//!   assistant follow-up ("How was it?", "What happened?", "How is she?") is completed by the
+//!   reply, in one memory sourced at both messages.
 //! - **Dates** (`event_time` = 00:00 UTC of the resolved day, set on plans and events, and on
 //!   others naming an exact future day; the reference day is the UTC date of the message's
 //!   `created_at`): `today`/`tonight` = that day, `tomorrow` +1, `day after (tomorrow)` +2,
@@ -54,17 +58,43 @@
 //!   after the reference day, unless the sentence is past tense ("was", "went", "ago", "since",
 //!   "born", "finished", ...): then the latest one on or before it. "Tomorrow" alone makes a
 //!   plan only with a plan word (exam, flight, interview, review, ...).
-//! - **Supersession** (conservative: at most one existing memory per change, and only changes of
-//!   the user's own life, not "my sister is moving"): a move that happened ("moved to",
-//!   "shifted to", "relocated", "I'm in X now, officially") supersedes the newest location memory
-//!   about a home sharing no word with the new one; a job change ("got a new job", "resigned",
-//!   "quitting", "first day at", "last day at") the newest work memory about a job held (not an
-//!   interview or offer) sharing no word with it; a breakup ("broke up", "split up",
-//!   "divorced") the relationship memory about a partner sharing the most words with it, else
-//!   the newest about a partner; a rename ("renamed", "new name", "X is not X anymore ... calls
-//!   her Y") the relationship memory naming the old name; a postponement or cancellation
-//!   ("postponed", "moved the flight", "is off", "instead of") of something planned the
-//!   still-upcoming plan sharing the most words, else the newest upcoming one.
+//! - **Supersession** (conservative: only changes of the user's own life, not "my sister is
+//!   moving"; candidates are the existing memories the pipeline passes and the memories drafted
+//!   earlier in the same batch, the latter through `supersedes_in_batch`):
+//!   - a move that happened ("moved to", "shifted to", "relocated", "I'm in X now, officially")
+//!     replaces the newest location memory about a home sharing no word with the new one;
+//!   - a job change ("got a new job", "resigned", "quitting", "first day at", "first day done
+//!     at", "last day at") the newest work memory about a job held (not an interview, an offer
+//!     or a job still to start) sharing no word with it;
+//!   - a breakup ("broke up", "split up", "divorced") the relationship memory about a partner
+//!     sharing the most words with it, else the newest about a partner; a rename ("renamed",
+//!     "new name", "X is not X anymore ... calls her Y") the relationship memory naming the old
+//!     name;
+//!   - a postponement or cancellation ("postponed", "moved the flight", "is off", "instead
+//!     of") of something planned: the still-upcoming plan (or memory that was about a day still
+//!     to come) sharing the most words, else the newest upcoming plan;
+//!   - a plan done: a goal reached ("finished", "submitted", "summited", "did it", "DONE!!!")
+//!     replaces the plan sharing a word and due from 10 days before to 14 days after the day it
+//!     names (else today), or with no word in common the plans due that day (3 days back when
+//!     the message names the day: "summited on 23rd"); something that only took place
+//!     ("happened", "went well", "back from") replaces only a plan told as an intention or
+//!     already moved ("I want to", "registered", "postponed"), since "her birthday is on the
+//!     25th" stays true once it happened. A cancelled plan is never "done";
+//!   - a discharge ("discharged", "off oxygen", "out of the hospital") every hospital-stay
+//!     memory of the last 30 days ("admitted", "on oxygen", "in the hospital"), at most 3;
+//!   - a shift switch ("day shifts", "no more nights") every work memory about the other
+//!     pattern ("nights a week", "night shifts"), at most 3;
+//!   - a routine moved (the same activity at another clock time, with "now"/"instead" or
+//!     from am to pm: "gym at 7am" -> "evening gym, 8:30 pm") the newest such routine;
+//!   - getting what was missing ("joined a gym", "bought a car") the newest memory saying it
+//!     was lacking ("no gym yet", "don't have a car");
+//!   - a new figure (body weight: "61.5 kg", "weight 60.4", a bare number answering "Weight
+//!     check?"; a lift: "deadlift 150") the newest memory stating the same figure with another
+//!     value, unless that memory also states a goal or is an identity or plan memory (a
+//!     goal, a target, a change "lost 4 kg" or someone else's weight is no figure).
+//!
+//!   A replacing memory ends with ` (earlier: <the replaced memory's words, at most 90
+//!   characters>)`, so "FINISHED 58:40" still says what was finished once the plan is hidden.
 //! - **De-duplication.** A memory whose normalised text (lower case, letters and digits only, the
 //!   `User said:` prefix ignored) equals an existing memory's or an earlier one's of the same
 //!   output is not emitted.
@@ -78,7 +108,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Utc, Weekday};
 use uuid::Uuid;
 
-use crate::domain::{Category, ExtractedMemory, Extraction, Memory, Message, Role, TokenUsage};
+use crate::domain::{Category, ExtractedMemory, Extraction, Message, Role, TokenUsage};
 use crate::error::PortResult;
 use crate::ports::{ExtractionRequest, Extractor};
 
@@ -87,6 +117,10 @@ pub const EXTRACTOR_NAME: &str = "offline";
 
 /// Longest memory text, in characters.
 pub const MAX_MEMORY_CHARS: usize = 300;
+
+/// Longest user message a follow-up reply is appended to ("first day done at X" + "How was
+/// it?" + the reply), in characters.
+const HEADLINE_CHARS: usize = 60;
 
 /// Longest quoted assistant question in a question-context memory, in characters.
 const MAX_QUESTION_CHARS: usize = 120;
@@ -242,11 +276,64 @@ pub fn resolve_date(text: &str, said_at: DateTime<Utc>) -> Option<DateTime<Utc>>
 // Batch extraction
 // ---------------------------------------------------------------------------------------------
 
-/// A memory in the making, with what supersession and de-duplication need.
+/// A memory in the making, with what supersession, merging and de-duplication need.
 struct Draft {
     memory: ExtractedMemory,
-    key: String,
+    /// Stable number within the batch (drafts may be dropped or merged, positions shift).
+    serial: usize,
+    /// Content words of what the user said.
     tokens: BTreeSet<String>,
+    /// The text without the note on what it replaces.
+    base: String,
+    /// The note on what it replaces (` (earlier: ...)`), or empty.
+    note: String,
+    /// Earlier drafts of the batch (by serial) this one replaces.
+    replaces: Vec<usize>,
+    /// The record of a forget request (never merged, never annotated).
+    forget: bool,
+}
+
+impl Draft {
+    /// Sets the text from its base and note, within [`MAX_MEMORY_CHARS`].
+    fn compose(&mut self) {
+        let room = MAX_MEMORY_CHARS.saturating_sub(self.note.chars().count());
+        self.memory.text = format!("{}{}", truncate_chars(&self.base, room), self.note);
+    }
+}
+
+/// What one user message says, before supersession.
+struct Said {
+    /// The memory text (`User said: ...`, or with the question it answers).
+    text: String,
+    /// The user's words kept (what a merge appends).
+    body: String,
+    category: Category,
+    importance: u8,
+    event_time: Option<DateTime<Utc>>,
+    /// Changes the message announces, in the order they are tried.
+    changes: Vec<Change>,
+    /// Every token of the message.
+    toks: Vec<String>,
+    /// Content words of the message.
+    words: BTreeSet<String>,
+    /// When it was said.
+    at: DateTime<Utc>,
+    /// The day a completion refers to ("summited on 23rd"), else the day it was said.
+    ref_day: NaiveDate,
+    /// Whether the message named that day.
+    ref_named: bool,
+    /// Whether a completion it tells reached a goal (`Some(true)`) or only took place.
+    completion: Option<bool>,
+    /// Figures the message states (weight, lifts).
+    figures: Vec<Figure>,
+}
+
+/// What a user message is, for the batch loop.
+enum Parsed {
+    /// A forget request, with its topic.
+    Forget(Option<String>),
+    /// A disclosure.
+    Said(Box<Said>),
 }
 
 fn extract_memories(request: &ExtractionRequest<'_>) -> Vec<ExtractedMemory> {
@@ -257,15 +344,35 @@ fn extract_memories(request: &ExtractionRequest<'_>) -> Vec<ExtractedMemory> {
         .map(|m| dedup_key(&m.text))
         .filter(|k| !k.is_empty())
         .collect();
+    let mut known: Vec<Known> = request
+        .existing
+        .iter()
+        .filter(|m| m.superseded_by.is_none())
+        .enumerate()
+        .map(|(i, m)| {
+            Known::new(
+                Target::Stored(m.id),
+                &m.text,
+                m.category,
+                m.created_at,
+                m.event_time,
+                i,
+            )
+        })
+        .collect();
     let mut drafts: Vec<Draft> = Vec::new();
-    let mut superseded: BTreeSet<Uuid> = BTreeSet::new();
+    let mut taken: BTreeSet<Target> = BTreeSet::new();
+    let mut next_serial = 0usize;
     let mut question: Option<String> = None;
+    let mut follow_up = false;
     let mut last_user: Option<&str> = None;
+    let mut last_draft: Option<usize> = None;
 
     for message in request.messages {
         match message.role {
             Role::Assistant => {
                 if let Some(q) = last_question(&message.text) {
+                    follow_up = is_follow_up(&q);
                     // "You?" hands the user's own question back: quote the user's words.
                     question = if is_turn_back(&q) {
                         last_user
@@ -278,40 +385,231 @@ fn extract_memories(request: &ExtractionRequest<'_>) -> Vec<ExtractedMemory> {
             }
             Role::User => {
                 let asked = question.take();
+                let follows = std::mem::take(&mut follow_up);
+                let previous = last_draft.take();
                 last_user = Some(&message.text);
-                let Some(draft) = extract_message(
-                    message,
-                    asked.as_deref(),
-                    &character,
-                    request.existing,
-                    &mut superseded,
-                    &mut drafts,
-                ) else {
-                    continue;
-                };
-                if draft.key.is_empty() || !seen.insert(draft.key.clone()) {
-                    // A duplicate replaces nothing either.
-                    for id in &draft.memory.supersedes {
-                        superseded.remove(id);
+                // A reply to "How was it?" right after a short announcement completes it.
+                let completes = previous
+                    .filter(|_| follows)
+                    .and_then(|s| drafts.iter().position(|d| d.serial == s && !d.forget));
+                match extract_message(message, asked.as_deref(), &character) {
+                    Some(Parsed::Forget(topic)) => {
+                        let draft = forget_draft(
+                            message,
+                            topic,
+                            next_serial,
+                            &mut known,
+                            &mut taken,
+                            &mut drafts,
+                        );
+                        if seen.insert(dedup_key(&draft.memory.text)) {
+                            next_serial += 1;
+                            drafts.push(draft);
+                        } else {
+                            // A repeated request replaces nothing either.
+                            for id in &draft.memory.supersedes {
+                                taken.remove(&Target::Stored(*id));
+                            }
+                        }
                     }
-                    continue;
+                    Some(Parsed::Said(said)) => {
+                        if let Some(pos) = completes {
+                            let body = said.body.clone();
+                            if merge(&mut drafts[pos], message, &body, Some(&said)) {
+                                let serial = drafts[pos].serial;
+                                apply_changes(&said, &mut drafts[pos], &known, &mut taken);
+                                seen.insert(dedup_key(&drafts[pos].base));
+                                refresh_known(&mut known, &drafts[pos]);
+                                last_draft = Some(serial);
+                                continue;
+                            }
+                        }
+                        let key = dedup_key(&said.text);
+                        if key.is_empty() || !seen.insert(key) {
+                            continue;
+                        }
+                        let mut draft = Draft {
+                            memory: ExtractedMemory {
+                                text: said.text.clone(),
+                                category: said.category,
+                                importance: said.importance,
+                                event_time: said.event_time,
+                                source_message_ids: vec![message.id.as_str().to_string()],
+                                supersedes: Vec::new(),
+                                supersedes_in_batch: Vec::new(),
+                            },
+                            serial: next_serial,
+                            tokens: said.words.clone(),
+                            base: said.text.clone(),
+                            note: String::new(),
+                            replaces: Vec::new(),
+                            forget: false,
+                        };
+                        next_serial += 1;
+                        apply_changes(&said, &mut draft, &known, &mut taken);
+                        known.push(Known::new(
+                            Target::Draft(draft.serial),
+                            &draft.memory.text,
+                            draft.memory.category,
+                            message.created_at,
+                            draft.memory.event_time,
+                            request.existing.len() + draft.serial,
+                        ));
+                        // Only a short announcement ("first day done at X") waits for more.
+                        if collapse_whitespace(&message.text).chars().count() <= HEADLINE_CHARS {
+                            last_draft = Some(draft.serial);
+                        }
+                        drafts.push(draft);
+                    }
+                    None => {
+                        if let Some(pos) = completes
+                            && let Some(body) = elaboration(message, &character)
+                            && merge(&mut drafts[pos], message, &body, None)
+                        {
+                            seen.insert(dedup_key(&drafts[pos].base));
+                            refresh_known(&mut known, &drafts[pos]);
+                            last_draft = Some(drafts[pos].serial);
+                        }
+                    }
                 }
-                drafts.push(draft);
             }
         }
     }
-    drafts.into_iter().map(|d| d.memory).collect()
+
+    // Serials of earlier drafts become positions in the output.
+    let position: std::collections::BTreeMap<usize, usize> = drafts
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.serial, i))
+        .collect();
+    drafts
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut memory = d.memory;
+            memory.supersedes_in_batch = d
+                .replaces
+                .iter()
+                .filter_map(|s| position.get(s).copied())
+                .filter(|&j| j < i)
+                .collect();
+            memory
+        })
+        .collect()
 }
 
-/// Turns one user message into at most one memory.
-fn extract_message(
-    message: &Message,
-    asked: Option<&str>,
-    character: &str,
-    existing: &[Memory],
-    superseded: &mut BTreeSet<Uuid>,
-    drafts: &mut Vec<Draft>,
-) -> Option<Draft> {
+/// Finds what the message's changes replace, records it on the draft and notes the first
+/// replaced memory in its text (`(earlier: ...)`), so the new memory still makes sense once
+/// the old one is hidden.
+fn apply_changes(said: &Said, draft: &mut Draft, known: &[Known], taken: &mut BTreeSet<Target>) {
+    let own = Target::Draft(draft.serial);
+    let mut found: Vec<Target> = Vec::new();
+    let mut replaced_plan = false;
+    for &change in &said.changes {
+        let skip = match change {
+            // A plan both changed and "done" is a change; a completion is not a new figure.
+            Change::PlanDone | Change::NewFigure => replaced_plan,
+            _ => false,
+        };
+        if skip {
+            continue;
+        }
+        let targets = find_superseded(change, said, known, taken, own);
+        if matches!(change, Change::PlanChanged | Change::PlanDone) && !targets.is_empty() {
+            replaced_plan = true;
+        }
+        for t in targets {
+            taken.insert(t);
+            found.push(t);
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    for t in &found {
+        match *t {
+            Target::Stored(id) => draft.memory.supersedes.push(id),
+            Target::Draft(serial) => draft.replaces.push(serial),
+        }
+    }
+    if draft.note.is_empty()
+        && let Some(first) = known.iter().find(|k| k.target == found[0])
+    {
+        let gist = truncate_chars(&first.body, NOTE_CHARS);
+        let note = format!(" (earlier: {gist})");
+        if !is_sensitive(&note) {
+            draft.note = note;
+        }
+    }
+    draft.compose();
+}
+
+/// Appends a follow-up reply to the draft it completes; false when the result would be
+/// sensitive (nothing changes then).
+fn merge(draft: &mut Draft, message: &Message, body: &str, said: Option<&Said>) -> bool {
+    let joint = if draft.base.ends_with(char::is_alphanumeric) {
+        ". "
+    } else {
+        " "
+    };
+    let base = format!("{}{joint}{body}", draft.base);
+    if is_sensitive(&base) {
+        return false;
+    }
+    draft.base = base;
+    draft.compose();
+    draft
+        .memory
+        .source_message_ids
+        .push(message.id.as_str().to_string());
+    if let Some(said) = said {
+        let (c, i) = (draft.memory.category, draft.memory.importance);
+        if priority(said.category, said.importance) < priority(c, i) {
+            draft.memory.category = said.category;
+        }
+        draft.memory.importance = i.max(said.importance);
+        draft.memory.event_time = draft.memory.event_time.or(said.event_time);
+        draft.tokens.extend(said.words.iter().cloned());
+    } else {
+        draft.tokens.extend(content_words(&tokenize(body)));
+    }
+    true
+}
+
+/// Keeps the candidate list in step with a draft whose text grew.
+fn refresh_known(known: &mut [Known], draft: &Draft) {
+    if let Some(k) = known
+        .iter_mut()
+        .find(|k| k.target == Target::Draft(draft.serial))
+    {
+        let fresh = Known::new(
+            k.target,
+            &draft.memory.text,
+            draft.memory.category,
+            k.created_at,
+            draft.memory.event_time,
+            k.order,
+        );
+        *k = fresh;
+    }
+}
+
+/// A follow-up reply worth appending even though no rule fired on it: real words, nothing
+/// sensitive, not a question back.
+fn elaboration(message: &Message, character: &str) -> Option<String> {
+    let text = collapse_whitespace(&message.text);
+    if text.is_empty() || is_sensitive(&text) {
+        return None;
+    }
+    let toks = tokenize(&text);
+    if is_tiny(&toks, character) || !is_substantive(&toks) || is_user_question(&toks, character) {
+        return None;
+    }
+    Some(text)
+}
+
+/// Turns one user message into what it says (at most one memory).
+fn extract_message(message: &Message, asked: Option<&str>, character: &str) -> Option<Parsed> {
     let text = collapse_whitespace(&message.text);
     if text.is_empty() || !text.chars().any(char::is_alphanumeric) || is_sensitive(&text) {
         return None;
@@ -327,7 +625,7 @@ fn extract_message(
     for sentence in &sentences {
         let toks = tokenize(sentence);
         if let Some(topic) = forget_request(&toks, character) {
-            return Some(forget_draft(message, topic, existing, superseded, drafts));
+            return Some(Parsed::Forget(topic));
         }
     }
 
@@ -337,9 +635,15 @@ fn extract_message(
         let h = classify(&toks, today, character);
         hits.push(h);
     }
-    let fired: Vec<usize> = (0..hits.len())
+    let mut fired: Vec<usize> = (0..hits.len())
         .filter(|&i| !hits[i].cats.is_empty())
         .collect();
+    // A routine may span sentences ("evening mein jau, 8:30 pm. gym 11 tak open hai").
+    let mut routine = false;
+    if fired.is_empty() && is_routine(&all_tokens) {
+        routine = true;
+        fired = (0..hits.len()).collect();
+    }
 
     let topic = asked.and_then(|q| answer_topic(q, &all_tokens));
     if fired.is_empty() && topic.is_none() {
@@ -348,7 +652,7 @@ fn extract_message(
     let short_answer = text.chars().count() <= 120;
 
     // Category: the highest-priority rule that fired (question topic included).
-    let mut best: Option<(Category, u8)> = None;
+    let mut best: Option<(Category, u8)> = routine.then_some((Category::Preference, 2));
     let mut consider = |cat: Category, imp: u8| {
         let better = match best {
             None => true,
@@ -430,44 +734,84 @@ fn extract_message(
         return None;
     }
 
-    // Supersession, per category whose change signal fired.
-    let tokens = content_words(&all_tokens);
-    let mut supersedes = Vec::new();
-    let mut done: Vec<Category> = Vec::new();
-    // A rename may span sentences ("Cookie is not Cookie anymore. ... calls her Mochi").
-    let renamed = is_rename(&all_tokens).then_some(Category::Relationship);
-    let changes = hits.iter().flat_map(|h| h.change.iter().copied());
-    for cat in changes.chain(renamed) {
-        if done.contains(&cat) {
-            continue;
+    // The changes the message announces, in the order they are tried.
+    let mut changes: Vec<Change> = Vec::new();
+    let mut add = |c: Change| {
+        if !changes.contains(&c) {
+            changes.push(c);
         }
-        done.push(cat);
-        if let Some(id) = find_superseded(cat, &all_tokens, &tokens, today, existing, superseded) {
-            superseded.insert(id);
-            supersedes.push(id);
+    };
+    for cat in hits.iter().flat_map(|h| h.change.iter().copied()) {
+        match cat {
+            Category::Location => add(Change::Moved),
+            Category::Work => add(Change::NewJob),
+            Category::Relationship if is_rename(&all_tokens) => add(Change::Renamed),
+            Category::Relationship => add(Change::BrokeUp),
+            Category::Plan => add(Change::PlanChanged),
+            _ => {}
         }
     }
+    // A rename may span sentences ("Cookie is not Cookie anymore. ... calls her Mochi").
+    if is_rename(&all_tokens) {
+        add(Change::Renamed);
+    }
+    let strengths: Vec<(bool, &SentenceHits)> = sentences
+        .iter()
+        .zip(&hits)
+        .filter_map(|(s, h)| completion(&tokenize(s)).map(|strong| (strong, h)))
+        .collect();
+    let completions: Vec<&SentenceHits> = strengths.iter().map(|(_, h)| *h).collect();
+    let completion = (!strengths.is_empty()).then(|| strengths.iter().any(|(strong, _)| *strong));
+    if completion.is_some() {
+        add(Change::PlanDone);
+    }
+    if is_recovery(&all_tokens) {
+        add(Change::Recovered);
+    }
+    if shift_switch(&all_tokens).is_some() {
+        add(Change::ShiftSwitch);
+    }
+    if routine || is_routine(&all_tokens) {
+        add(Change::RoutineMoved);
+    }
+    if !acquired(&all_tokens).is_empty() {
+        add(Change::GotWhatWasMissing);
+    }
+    let figures = figures(&text, asked);
+    if !figures.is_empty() {
+        add(Change::NewFigure);
+    }
+    // "back from kedarkantha!! summited on 23rd": the first day a completion names.
+    let named_day = completions
+        .iter()
+        .filter_map(|h| h.date)
+        .find(|d| d.exact && d.day <= today)
+        .map(|d| d.day);
 
-    Some(Draft {
-        key: dedup_key(&memory_text),
-        memory: ExtractedMemory {
-            text: memory_text,
-            category,
-            importance,
-            event_time,
-            source_message_ids: vec![message.id.as_str().to_string()],
-            supersedes,
-        },
-        tokens,
-    })
+    Some(Parsed::Said(Box::new(Said {
+        text: memory_text,
+        body,
+        category,
+        importance,
+        event_time,
+        changes,
+        words: content_words(&all_tokens),
+        toks: all_tokens,
+        at: message.created_at,
+        ref_day: named_day.unwrap_or(today),
+        ref_named: named_day.is_some(),
+        completion,
+        figures,
+    })))
 }
 
 /// The memory recording a forget request; drops and supersedes what it names.
 fn forget_draft(
     message: &Message,
     topic: Option<String>,
-    existing: &[Memory],
-    superseded: &mut BTreeSet<Uuid>,
+    serial: usize,
+    known: &mut Vec<Known>,
+    taken: &mut BTreeSet<Target>,
     drafts: &mut Vec<Draft>,
 ) -> Draft {
     let text = match &topic {
@@ -476,35 +820,48 @@ fn forget_draft(
         }
         None => "User asked to forget something they said and not to bring it up again.".into(),
     };
+    let text = truncate_chars(&text, MAX_MEMORY_CHARS);
     let keywords: BTreeSet<String> = topic
         .as_deref()
         .map(|t| content_words(&tokenize(t)))
         .unwrap_or_default();
     let mut supersedes = Vec::new();
     if !keywords.is_empty() {
-        drafts.retain(|d| !keywords.is_subset(&d.tokens));
-        for memory in existing {
-            if memory.superseded_by.is_some() || superseded.contains(&memory.id) {
+        // What the batch itself said about it is never written.
+        drafts.retain(|d| d.forget || !keywords.is_subset(&d.tokens));
+        known.retain(|k| match k.target {
+            Target::Draft(s) => drafts.iter().any(|d| d.serial == s),
+            Target::Stored(_) => true,
+        });
+        for k in known.iter() {
+            let Target::Stored(id) = k.target else {
+                continue;
+            };
+            if taken.contains(&k.target) || k.text.starts_with("User asked to forget") {
                 continue;
             }
-            let words = content_words(&tokenize(&memory.text));
-            if keywords.is_subset(&words) && !memory.text.starts_with("User asked to forget") {
-                superseded.insert(memory.id);
-                supersedes.push(memory.id);
+            if keywords.is_subset(&content_words(&tokenize(&k.text))) {
+                taken.insert(k.target);
+                supersedes.push(id);
             }
         }
     }
     Draft {
-        key: dedup_key(&text),
         memory: ExtractedMemory {
-            text: truncate_chars(&text, MAX_MEMORY_CHARS),
+            text: text.clone(),
             category: Category::Other,
             importance: 4,
             event_time: None,
             source_message_ids: vec![message.id.as_str().to_string()],
             supersedes,
+            supersedes_in_batch: Vec::new(),
         },
+        serial,
         tokens: BTreeSet::new(),
+        base: text,
+        note: String::new(),
+        replaces: Vec::new(),
+        forget: true,
     }
 }
 
@@ -530,81 +887,310 @@ fn priority(cat: Category, importance: u8) -> u8 {
 // Supersession
 // ---------------------------------------------------------------------------------------------
 
+/// Longest quote of a replaced memory in the note of the memory replacing it, in characters.
+const NOTE_CHARS: usize = 90;
+
+/// What a new memory may replace: a stored memory, or an earlier draft of the same batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Stored(Uuid),
+    Draft(usize),
+}
+
+/// A change a message announces; each has its own rule for what it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Moved,
+    NewJob,
+    BrokeUp,
+    Renamed,
+    PlanChanged,
+    PlanDone,
+    Recovered,
+    ShiftSwitch,
+    RoutineMoved,
+    GotWhatWasMissing,
+    NewFigure,
+}
+
+/// A live memory, stored or drafted in this batch, that a change may replace.
+struct Known {
+    target: Target,
+    text: String,
+    /// The user's words: no quoted question, no note.
+    body: String,
+    /// The question the memory answers, if it quotes one.
+    question: Option<String>,
+    category: Category,
+    created_at: DateTime<Utc>,
+    event_time: Option<DateTime<Utc>>,
+    /// Position among the candidates (ties of `created_at`: the later one is newer).
+    order: usize,
+    /// Tokens of the text without its note.
+    toks: Vec<String>,
+    /// Content words of the text without its note.
+    words: BTreeSet<String>,
+    /// Every token of the text without its note.
+    all: BTreeSet<String>,
+}
+
+impl Known {
+    fn new(
+        target: Target,
+        text: &str,
+        category: Category,
+        created_at: DateTime<Utc>,
+        event_time: Option<DateTime<Utc>>,
+        order: usize,
+    ) -> Self {
+        let plain = strip_note(text);
+        let (question, body) = split_memory_text(plain);
+        let toks = tokenize(plain);
+        Self {
+            target,
+            text: text.to_string(),
+            body: body.to_string(),
+            question: question.map(str::to_string),
+            category,
+            created_at,
+            event_time,
+            order,
+            words: content_words(&toks),
+            all: toks.iter().cloned().collect(),
+            toks,
+        }
+    }
+
+    /// The day it is about, if any.
+    fn day(&self) -> Option<NaiveDate> {
+        self.event_time.map(|t| t.date_naive())
+    }
+
+    /// Whether it was about something still to come when it was said (a plan, whatever its
+    /// category: "surgery is postponed to 22nd jan" is health).
+    fn was_upcoming(&self) -> bool {
+        self.day().is_some_and(|d| d > self.created_at.date_naive())
+    }
+}
+
+/// The text without the ` (earlier: ...)` note a replacing memory carries.
+fn strip_note(text: &str) -> &str {
+    text.strip_suffix(')')
+        .and_then(|t| t.rsplit_once(" (earlier: "))
+        .map_or(text, |(head, _)| head)
+}
+
+/// `User, asked "Q", said: B` -> (Q, B); `User said: B` -> B.
+fn split_memory_text(text: &str) -> (Option<&str>, &str) {
+    if let Some(rest) = text.strip_prefix("User, asked \"")
+        && let Some((q, body)) = rest.split_once("\", said: ")
+    {
+        return (Some(q), body);
+    }
+    (None, text.strip_prefix("User said: ").unwrap_or(text))
+}
+
+/// What `change` replaces among the live memories not yet replaced (newest first where one is
+/// chosen); `own` is the draft asking, never its own target.
 fn find_superseded(
-    cat: Category,
-    new_tokens: &[String],
-    new_words: &BTreeSet<String>,
-    today: NaiveDate,
-    existing: &[Memory],
-    taken: &BTreeSet<Uuid>,
-) -> Option<Uuid> {
-    let live = existing
+    change: Change,
+    said: &Said,
+    known: &[Known],
+    taken: &BTreeSet<Target>,
+    own: Target,
+) -> Vec<Target> {
+    let mut live: Vec<&Known> = known
         .iter()
-        .enumerate()
-        .filter(|(_, m)| m.category == cat && m.superseded_by.is_none() && !taken.contains(&m.id))
-        .map(|(i, m)| {
-            let toks = tokenize(&m.text);
-            (
-                i,
-                m,
-                content_words(&toks),
-                toks.into_iter().collect::<BTreeSet<String>>(),
-            )
-        });
-    // Newest first: by created_at, then by position.
-    let mut candidates: Vec<Candidate<'_>> = live.collect();
-    candidates.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at).then(b.0.cmp(&a.0)));
-    let candidates: Vec<(usize, &Memory, BTreeSet<String>)> = candidates
-        .into_iter()
-        .filter(|(_, _, _, all)| match cat {
-            Category::Location => any_word_in(all, HOME_CUES),
-            Category::Work => {
-                any_word_in(all, EMPLOYMENT_CUES) && !any_word_in(all, PROSPECTIVE_WORDS)
-            }
-            _ => true,
+        .filter(|k| {
+            k.target != own
+                && !taken.contains(&k.target)
+                && !k.text.starts_with("User asked to forget")
         })
-        .map(|(i, m, w, _)| (i, m, w))
         .collect();
-    let shares = |w: &BTreeSet<String>| w.intersection(new_words).count();
-    match cat {
-        Category::Location | Category::Work => candidates
-            .iter()
-            .find(|(_, _, w)| shares(w) == 0)
-            .map(|(_, m, _)| m.id),
-        Category::Relationship => {
-            if is_rename(new_tokens) {
-                let old = old_names(new_tokens);
-                return candidates
-                    .iter()
-                    .find(|(_, _, w)| old.iter().any(|n| w.contains(n)))
-                    .map(|(_, m, _)| m.id);
-            }
-            let by_name = candidates
-                .iter()
-                .filter(|(_, _, w)| shares(w) > 0)
-                .max_by_key(|(i, m, w)| (shares(w), m.created_at, *i));
-            by_name
-                .filter(|(_, _, w)| any_word_in(w, PARTNER_WORDS))
-                .or_else(|| {
-                    candidates
-                        .iter()
-                        .find(|(_, _, w)| any_word_in(w, PARTNER_WORDS))
-                })
-                .map(|(_, m, _)| m.id)
+    live.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.order.cmp(&a.order)));
+    let shares = |k: &Known| k.words.intersection(&said.words).count();
+    let today = said.at.date_naive();
+    let one = |k: Option<&Known>| k.map(|k| vec![k.target]).unwrap_or_default();
+    match change {
+        // The newest home sharing no word with the new one.
+        Change::Moved => one(live.iter().copied().find(|k| {
+            k.category == Category::Location && any_word_in(&k.all, HOME_CUES) && shares(k) == 0
+        })),
+        // The newest job held (not an interview or an offer) sharing no word with the new one.
+        Change::NewJob => one(live.iter().copied().find(|k| {
+            k.category == Category::Work
+                && any_word_in(&k.all, EMPLOYMENT_CUES)
+                && !any_word_in(&k.all, PROSPECTIVE_WORDS)
+                && shares(k) == 0
+        })),
+        // The pet or person under the old name.
+        Change::Renamed => {
+            let old = old_names(&said.toks);
+            one(live.iter().copied().find(|k| {
+                k.category == Category::Relationship && old.iter().any(|n| k.words.contains(n))
+            }))
         }
-        Category::Plan => {
-            let upcoming: Vec<&(usize, &Memory, BTreeSet<String>)> = candidates
+        // The partner: the relationship memory sharing most words, else the newest partner.
+        Change::BrokeUp => {
+            let people: Vec<&Known> = live
                 .iter()
-                .filter(|(_, m, _)| m.event_time.is_some_and(|t| t.date_naive() >= today))
+                .copied()
+                .filter(|k| k.category == Category::Relationship)
                 .collect();
-            upcoming
+            let by_name = people
                 .iter()
-                .filter(|(_, _, w)| shares(w) > 0)
-                .max_by_key(|(i, m, w)| (shares(w), m.created_at, *i))
-                .or_else(|| upcoming.first())
-                .map(|(_, m, _)| m.id)
+                .copied()
+                .filter(|k| shares(k) > 0)
+                .max_by_key(|k| (shares(k), k.created_at, k.order));
+            one(by_name
+                .filter(|k| any_word_in(&k.words, PARTNER_WORDS))
+                .or_else(|| {
+                    people
+                        .iter()
+                        .copied()
+                        .find(|k| any_word_in(&k.words, PARTNER_WORDS))
+                }))
         }
-        _ => None,
+        // The still-upcoming plan sharing most words, else the newest upcoming plan.
+        Change::PlanChanged => {
+            let upcoming: Vec<&Known> = live
+                .iter()
+                .copied()
+                .filter(|k| k.day().is_some_and(|d| d >= today))
+                .filter(|k| k.category == Category::Plan || k.was_upcoming())
+                .collect();
+            let sharing = upcoming
+                .iter()
+                .copied()
+                .filter(|k| shares(k) > 0)
+                .max_by_key(|k| (shares(k), k.created_at, k.order));
+            one(sharing.or_else(|| {
+                upcoming
+                    .iter()
+                    .copied()
+                    .find(|k| k.category == Category::Plan)
+            }))
+        }
+        // The plan it completes: sharing a word and due between 10 days before and 14 days
+        // after the day of the completion; else, for a goal reached, every plan due that day
+        // ("FINISHED 58:40" on race day), or on the latest day of the 3 days up to the day the
+        // message names ("summited on 23rd" of a trek from the 20th). Something that only took
+        // place ("the play happened") closes a plan told as an intention or already moved
+        // ("surgery is postponed to 22nd"), not a date that stays true ("her birthday is on").
+        Change::PlanDone => {
+            let r = said.ref_day;
+            let reached = said.completion == Some(true);
+            let due: Vec<(&Known, i64)> = live
+                .iter()
+                .copied()
+                .filter(|k| k.category == Category::Plan || k.was_upcoming())
+                .filter(|k| reached || any_word(&k.toks, INTENT_WORDS))
+                // A cancelled plan is not done later ("the goa trip is off ... release on 30th").
+                .filter(|k| !any_phrase(&k.toks, PLAN_CANCEL))
+                .filter_map(|k| k.day().map(|d| (k, (d - r).num_days())))
+                .collect();
+            let sharing = due
+                .iter()
+                .filter(|(k, gap)| (-10..=14).contains(gap) && shares(k) > 0)
+                .max_by_key(|(k, gap)| {
+                    (
+                        shares(k),
+                        std::cmp::Reverse(gap.abs()),
+                        k.created_at,
+                        k.order,
+                    )
+                });
+            if let Some((k, _)) = sharing {
+                return vec![k.target];
+            }
+            if !reached {
+                return Vec::new();
+            }
+            let earliest = if said.ref_named { -3 } else { 0 };
+            let recent: Vec<&(&Known, i64)> = due
+                .iter()
+                .filter(|(_, gap)| (earliest..=0).contains(gap))
+                .collect();
+            let Some(latest) = recent.iter().map(|(_, gap)| *gap).max() else {
+                return Vec::new();
+            };
+            // Oldest first: the note quotes the plan as first told.
+            let mut out: Vec<Target> = recent
+                .iter()
+                .filter(|(_, gap)| *gap == latest)
+                .take(3)
+                .map(|(k, _)| k.target)
+                .collect();
+            out.reverse();
+            out
+        }
+        // Every hospital stay of the last 30 days (at most 3): "admitted", "on oxygen".
+        Change::Recovered => live
+            .iter()
+            .filter(|k| !matches!(k.category, Category::Identity | Category::Work))
+            .filter(|k| is_hospital_stay(&k.toks))
+            .filter(|k| (said.at - k.created_at).num_days() <= 30)
+            .take(3)
+            .map(|k| k.target)
+            .collect(),
+        // Every work memory about the other shift pattern (at most 3, oldest first).
+        Change::ShiftSwitch => {
+            let Some(to_days) = shift_switch(&said.toks) else {
+                return Vec::new();
+            };
+            let old = if to_days { NIGHT_HABIT } else { DAY_HABIT };
+            let mut out: Vec<Target> = live
+                .iter()
+                .filter(|k| k.category == Category::Work && any_phrase(&k.toks, old))
+                .take(3)
+                .map(|k| k.target)
+                .collect();
+            out.reverse();
+            out
+        }
+        // The newest routine with the same activity at another time, when the new one says
+        // it changed ("now", "instead") or moves between morning and evening.
+        Change::RoutineMoved => {
+            let acts = routine_activities(&said.toks);
+            let times = clock_times(&said.toks);
+            if acts.is_empty() || times.is_empty() || any_word(&said.toks, ONE_OFF_WORDS) {
+                return Vec::new();
+            }
+            let cue = any_word(&said.toks, ROUTINE_CHANGE_CUES);
+            one(live.iter().copied().find(|k| {
+                if matches!(k.category, Category::Identity | Category::Plan)
+                    || any_word(&k.toks, ONE_OFF_WORDS)
+                    || !routine_activities(&k.toks).iter().any(|a| acts.contains(a))
+                    || !same_days(&k.toks, &said.toks)
+                {
+                    return false;
+                }
+                let old = clock_times(&k.toks);
+                let moved = !old.is_empty()
+                    && old
+                        .iter()
+                        .all(|o| times.iter().all(|n| n.minutes != o.minutes));
+                moved && (cue || halves_differ(&old, &times))
+            }))
+        }
+        // The newest memory saying the user had no X yet, once they got one.
+        Change::GotWhatWasMissing => {
+            let got = acquired(&said.toks);
+            one(live.iter().copied().find(|k| {
+                k.category != Category::Identity && missing(&k.toks).iter().any(|x| got.contains(x))
+            }))
+        }
+        // The newest plain statement of the same figure with another value (not a goal, not
+        // an identity or plan memory that says more than the figure).
+        Change::NewFigure => one(live.iter().copied().find(|k| {
+            !matches!(k.category, Category::Identity | Category::Plan)
+                && !any_word(&k.toks, GOAL_WORDS)
+                && figures(&k.body, k.question.as_deref()).iter().any(|old| {
+                    said.figures.iter().any(|new| {
+                        new.quantity == old.quantity && (new.value - old.value).abs() > 0.01
+                    })
+                })
+        })),
     }
 }
 
@@ -630,11 +1216,354 @@ fn old_names(toks: &[String]) -> BTreeSet<String> {
     out
 }
 
-/// An existing memory under consideration: position, memory, content words, all words.
-type Candidate<'a> = (usize, &'a Memory, BTreeSet<String>, BTreeSet<String>);
-
 fn any_word_in(words: &BTreeSet<String>, list: &[&str]) -> bool {
     list.iter().any(|w| words.contains(*w))
+}
+
+/// A plan done: "finished", "summited", "did it!!!", "DONE!!!", "the surgery happened today",
+/// said as a fact (not a question, a wish, a negation or the future).
+fn is_completion(toks: &[String]) -> bool {
+    completion(toks).is_some()
+}
+
+/// `Some(true)` for a goal reached ("finished", "did it", "DONE!!!"), `Some(false)` for
+/// something that took place ("happened", "went well", "back from").
+fn completion(toks: &[String]) -> Option<bool> {
+    if !is_completion_said(toks) {
+        return None;
+    }
+    // "DONE!!!", "done." (not "done with work")
+    if let Some(i) = toks.iter().position(|t| is_word(t))
+        && toks[i] == "done"
+        && toks.get(i + 1).is_none_or(|t| !is_word(t))
+    {
+        return Some(true);
+    }
+    if any_phrase(toks, ACHIEVED_PHRASES) || any_word(toks, ACHIEVED_WORDS) {
+        return Some(true);
+    }
+    let happened = toks.iter().enumerate().any(|(i, t)| {
+        t == "happened"
+            && !i.checked_sub(1).is_some_and(|j| {
+                matches!(
+                    toks[j].as_str(),
+                    "something" | "what" | "anything" | "nothing" | "this" | "that" | "it"
+                )
+            })
+    });
+    (happened || any_phrase(toks, TOOK_PLACE_PHRASES)).then_some(false)
+}
+
+/// Whether a sentence is said as a fact: not a question, a wish, a negation or the future.
+fn is_completion_said(toks: &[String]) -> bool {
+    !(toks.last().is_some_and(|t| t == "?")
+        || any_word(
+            toks,
+            &[
+                "will", "if", "hope", "hoping", "wish", "should", "not", "never",
+            ],
+        )
+        || any_phrase(toks, &["going to"]))
+}
+
+/// Someone left hospital: "discharged", "off oxygen", "recovered".
+fn is_recovery(toks: &[String]) -> bool {
+    RECOVERY_PHRASES.iter().any(|p| {
+        find_phrase(toks, p).is_some_and(|i| {
+            !toks[i.saturating_sub(2)..i]
+                .iter()
+                .any(|w| matches!(w.as_str(), "not" | "never" | "no"))
+        })
+    })
+}
+
+/// A memory about someone in hospital (not about leaving it).
+fn is_hospital_stay(toks: &[String]) -> bool {
+    (any_word(toks, HOSPITAL_STAY_WORDS) || any_phrase(toks, HOSPITAL_STAY_PHRASES))
+        && !is_recovery(toks)
+}
+
+/// `Some(true)` for a move to day shifts ("day three of day shifts", "no more nights"),
+/// `Some(false)` for a move to nights.
+fn shift_switch(toks: &[String]) -> Option<bool> {
+    let negated = any_word(toks, &["hate", "hated", "dislike", "never", "not"]);
+    if any_phrase(toks, DAY_SWITCH) && !negated {
+        Some(true)
+    } else if any_phrase(toks, NIGHT_SWITCH) && !negated {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A time of day: minutes after midnight, and whether it was said as am (`Some(false)`) or pm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Clock {
+    minutes: u32,
+    pm: Option<bool>,
+}
+
+/// Clock times: "7am", "8:30 pm", "19:00" (not "58:40", not a bare "11").
+fn clock_times(toks: &[String]) -> Vec<Clock> {
+    let parse = |digits: &str, pm: Option<bool>| -> Option<Clock> {
+        let (h, m) = match digits.split_once(':') {
+            Some((h, m)) => (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?),
+            None => (digits.parse::<u32>().ok()?, 0),
+        };
+        let valid = m < 60
+            && if pm.is_some() {
+                (1..=12).contains(&h)
+            } else {
+                h < 24
+            };
+        if !valid {
+            return None;
+        }
+        let h = match pm {
+            Some(true) => h % 12 + 12,
+            Some(false) => h % 12,
+            None => h,
+        };
+        Some(Clock {
+            minutes: h * 60 + m,
+            pm,
+        })
+    };
+    let mut out = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        let suffix = [("am", false), ("pm", true)]
+            .into_iter()
+            .find_map(|(s, pm)| t.strip_suffix(s).map(|d| (d, pm)));
+        let clock = match suffix {
+            Some((d, pm)) if !d.is_empty() && is_number(d) => parse(d, Some(pm)),
+            _ if is_number(t) => match toks.get(i + 1).map(String::as_str) {
+                Some("am") => parse(t, Some(false)),
+                Some("pm") => parse(t, Some(true)),
+                _ if t.contains(':') => parse(t, None),
+                _ => None,
+            },
+            _ => None,
+        };
+        out.extend(clock);
+    }
+    out
+}
+
+/// Whether one list says am where the other says pm.
+fn halves_differ(a: &[Clock], b: &[Clock]) -> bool {
+    a.iter()
+        .filter_map(|c| c.pm)
+        .any(|x| b.iter().filter_map(|c| c.pm).any(|y| x != y))
+}
+
+/// The exercise or class a routine is about.
+fn routine_activities(toks: &[String]) -> BTreeSet<String> {
+    toks.iter()
+        .filter(|t| ROUTINE_ACTIVITIES.contains(&t.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// A routine: an activity at a clock time, not a one-off ("today", "tomorrow").
+fn is_routine(toks: &[String]) -> bool {
+    !routine_activities(toks).is_empty()
+        && !clock_times(toks).is_empty()
+        && !any_word(toks, ONE_OFF_WORDS)
+}
+
+/// Whether two routines are on the same days (both unsaid, or a weekday in common).
+fn same_days(a: &[String], b: &[String]) -> bool {
+    let days = |toks: &[String]| -> BTreeSet<String> {
+        toks.iter()
+            .filter(|t| weekday_of(t).is_some() || t.starts_with("weekend"))
+            .cloned()
+            .collect()
+    };
+    let (x, y) = (days(a), days(b));
+    (x.is_empty() && y.is_empty()) || x.intersection(&y).next().is_some()
+}
+
+/// What the user says they lack: "no gym yet", "don't have a car", "still no job".
+fn missing(toks: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for i in 0..toks.len() {
+        let x = if toks[i] == "no" && toks.get(i + 2).is_some_and(|t| t == "yet") {
+            toks.get(i + 1)
+        } else if seq(toks, i, &["still", "no"]) {
+            toks.get(i + 2)
+        } else if seq(toks, i, &["not", "have"]) || toks[i] == "without" {
+            let j = if toks[i] == "without" { i + 1 } else { i + 2 };
+            match toks.get(j).map(String::as_str) {
+                Some("a" | "an" | "any") => toks.get(j + 1),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(x) = x
+            && content_words(std::slice::from_ref(x)).contains(x)
+        {
+            out.insert(x.clone());
+        }
+    }
+    out
+}
+
+/// Something the user got that is worth keeping by itself: "bought a car", "joined a gym",
+/// "adopted a cat", "got a new phone" (not any "got a call").
+fn bought_or_joined(toks: &[String]) -> bool {
+    !acquired(toks).is_empty()
+        && (any_word(toks, &["bought", "joined", "adopted", "rented"])
+            || any_phrase(
+                toks,
+                &["got a new", "got my new", "got my first", "signed up"],
+            ))
+}
+
+/// What the user says they now have: "joined a gym", "got a new job", "gym join kar liya".
+fn acquired(toks: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for i in 0..toks.len() {
+        let negated = i
+            .checked_sub(1)
+            .is_some_and(|j| matches!(toks[j].as_str(), "not" | "never" | "no" | "if"));
+        // "my friend bought a bike" is not the user's.
+        let someone_else = toks[i.saturating_sub(3)..i]
+            .iter()
+            .any(|w| THIRD_PERSON.contains(&w.as_str()) || is_relation_word(w) || w == "you");
+        if ACQUIRE_VERBS.contains(&toks[i].as_str()) && !negated && !someone_else {
+            let mut j = i + 1;
+            while toks
+                .get(j)
+                .is_some_and(|t| matches!(t.as_str(), "a" | "an" | "the" | "my" | "our" | "new"))
+                && j < i + 3
+            {
+                j += 1;
+            }
+            if let Some(x) = toks.get(j) {
+                out.insert(x.clone());
+            }
+        }
+        // Hinglish: "gym join kar liya", "car le li"
+        if i > 0
+            && (seq(toks, i, &["join", "kar", "liya"])
+                || seq(toks, i, &["join", "kiya"])
+                || seq(toks, i, &["le", "liya"])
+                || seq(toks, i, &["le", "li"]))
+        {
+            out.insert(toks[i - 1].clone());
+        }
+    }
+    out.retain(|x| content_words(std::slice::from_ref(x)).contains(x));
+    out
+}
+
+/// A measured figure of the user's: body weight, or a lift.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Figure {
+    quantity: Quantity,
+    value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quantity {
+    Weight,
+    Squat,
+    Bench,
+    Deadlift,
+}
+
+/// Figures a text states as current ("88 kg", "weight 60.4", "deadlift 145", a bare number
+/// answering "Weight check?"), not goals ("target 78"), changes ("lost 4 kg") or someone
+/// else's ("he's 8 kg").
+fn figures(text: &str, question: Option<&str>) -> Vec<Figure> {
+    let asked_weight = question.is_some_and(|q| any_word(&tokenize(q), WEIGHT_WORDS));
+    let mut out: Vec<Figure> = Vec::new();
+    for (si, sentence) in split_sentences(text).iter().enumerate() {
+        let toks = tokenize(sentence);
+        let lifting = any_word(&toks, LIFT_WORDS);
+        let someone_else =
+            any_word(&toks, THIRD_PERSON) || toks.iter().any(|t| is_relation_word(t));
+        let value = |i: usize| -> Option<f64> {
+            let t = toks.get(i)?;
+            if !is_number(t) || t.contains(':') || aside(&toks, i) {
+                return None;
+            }
+            t.parse::<f64>().ok()
+        };
+        for i in 0..toks.len() {
+            if let Some(quantity) = lift_of(&toks[i]) {
+                // "deadlift 145", "DEADLIFT: 150", "155 deadlift"
+                let forward = match toks.get(i + 1) {
+                    Some(t) if is_number(t) => Some(i + 1),
+                    Some(t) if !is_word(t) => {
+                        toks.get(i + 2).filter(|t| is_number(t)).map(|_| i + 2)
+                    }
+                    _ => None,
+                };
+                let near = forward.or_else(|| i.checked_sub(1).filter(|&j| is_number(&toks[j])));
+                if let Some(j) = near
+                    && let Some(v) = value(j)
+                    && !aside(&toks, i.min(j))
+                    && (1.0..=500.0).contains(&v)
+                {
+                    add_figure(&mut out, quantity, v);
+                }
+            }
+            if lifting || someone_else {
+                continue;
+            }
+            let kg = toks
+                .get(i + 1)
+                .is_some_and(|u| matches!(u.as_str(), "kg" | "kgs" | "kilos" | "kilo"));
+            let after_weight = toks[i.saturating_sub(3)..i]
+                .iter()
+                .any(|w| matches_any(w, WEIGHT_WORDS));
+            if (kg || after_weight)
+                && let Some(v) = value(i)
+                && (30.0..=250.0).contains(&v)
+            {
+                add_figure(&mut out, Quantity::Weight, v);
+            }
+        }
+        // "Weight check?" "83.4 🔥"
+        if si == 0
+            && asked_weight
+            && !lifting
+            && !someone_else
+            && let Some(v) = (0..toks.len())
+                .find(|&i| is_number(&toks[i]))
+                .and_then(value)
+                .filter(|v| (30.0..=250.0).contains(v))
+        {
+            add_figure(&mut out, Quantity::Weight, v);
+        }
+    }
+    out
+}
+
+/// Keeps the first value of each quantity.
+fn add_figure(out: &mut Vec<Figure>, quantity: Quantity, value: f64) {
+    if !out.iter().any(|o| o.quantity == quantity) {
+        out.push(Figure { quantity, value });
+    }
+}
+
+fn lift_of(tok: &str) -> Option<Quantity> {
+    match tok {
+        "squat" | "squats" | "squatted" => Some(Quantity::Squat),
+        "bench" | "benched" => Some(Quantity::Bench),
+        "deadlift" | "deadlifts" | "deadlifted" => Some(Quantity::Deadlift),
+        _ => None,
+    }
+}
+
+/// Whether the number at `i` is a goal or a difference, not a current value: a goal or change
+/// word among the four tokens before it.
+fn aside(toks: &[String], i: usize) -> bool {
+    toks[i.saturating_sub(4)..i]
+        .iter()
+        .any(|w| matches_any(w, GOAL_WORDS) || matches_any(w, ASIDE_WORDS))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,7 +1601,7 @@ fn classify(toks: &[String], today: NaiveDate, character: &str) -> SentenceHits 
             h.change.push(Category::Relationship);
         }
     }
-    if let Some((imp, change)) = work(toks) {
+    if let Some((imp, change)) = work(toks, character) {
         // "I'm a nurse at a hospital" is about work, not health.
         let condition = toks
             .iter()
@@ -714,7 +1643,7 @@ fn classify(toks: &[String], today: NaiveDate, character: &str) -> SentenceHits 
     if plan_change && plan_word {
         h.change.push(Category::Plan);
     }
-    if is_event(toks) {
+    if is_event(toks) || is_completion(toks) || bought_or_joined(toks) {
         h.cats.push((Category::Event, 3));
     }
     if let Some(imp) = preference(toks) {
@@ -964,8 +1893,8 @@ fn is_person_name(w: &str) -> bool {
 }
 
 /// `Some((importance, change))` when a work or study rule fires.
-fn work(toks: &[String]) -> Option<(u8, bool)> {
-    let change = own_change(toks, JOB_CHANGE_PHRASES);
+fn work(toks: &[String], character: &str) -> Option<(u8, bool)> {
+    let change = own_change(toks, JOB_CHANGE_PHRASES, character);
     let mut imp = None;
     if any_phrase(toks, WORK_STRONG_PHRASES) {
         imp = Some(4);
@@ -1003,7 +1932,7 @@ fn work(toks: &[String]) -> Option<(u8, bool)> {
 
 /// `Some(change)` when a location rule fires; `change` for moves.
 fn location(toks: &[String], character: &str) -> Option<bool> {
-    let moved = own_change(toks, MOVE_PHRASES);
+    let moved = own_change(toks, MOVE_PHRASES, character);
     let mut fired = any_phrase(toks, MOVE_PHRASES)
         || any_phrase(toks, MOVING_PHRASES)
         || any_phrase(toks, LOCATION_PHRASES);
@@ -1039,9 +1968,10 @@ fn location(toks: &[String], character: &str) -> Option<bool> {
     fired.then_some(moved || officially)
 }
 
-/// Whether a change phrase is about the user: "I moved to", "they're transferring me", not
-/// "my sister is moving to" or "Riya got the job".
-fn own_change(toks: &[String], phrases: &[&str]) -> bool {
+/// Whether a change phrase is about the user: "I moved to", "they're transferring me", "meher
+/// first day done at ..." (nobody named before it), not "my sister is moving to" or "Riya got
+/// the job".
+fn own_change(toks: &[String], phrases: &[&str], character: &str) -> bool {
     let mine = any_word(toks, FIRST_PERSON) || any_word(toks, &["we", "our", "us"]);
     phrases.iter().any(|p| {
         let pat: Vec<&str> = p.split(' ').collect();
@@ -1059,7 +1989,11 @@ fn own_change(toks: &[String], phrases: &[&str]) -> bool {
                     "she" | "he" | "they" | "her" | "his" | "their" | "them"
                 ) || is_relation_word(w)
             });
-            mine && !someone_else
+            // Said with no subject at all: "meher first day done at khaata labs".
+            let opens = toks[..i]
+                .iter()
+                .all(|w| !is_word(w) || w == character || FILLERS.contains(&w.as_str()));
+            (mine || opens) && !someone_else
         })
     })
 }
@@ -1346,6 +2280,18 @@ fn is_turn_back(question: &str) -> bool {
                 "you" | "and" | "what" | "about" | "how" | "yourself" | "too" | "your" | "side"
             )
         })
+}
+
+/// Whether the assistant's question asks for more on what the user just said ("How was it?",
+/// "What happened?", "How is she?"): the reply then completes that disclosure.
+fn is_follow_up(question: &str) -> bool {
+    let last = split_sentences(question)
+        .into_iter()
+        .rev()
+        .find(|s| s.contains('?'))
+        .unwrap_or_else(|| question.to_string());
+    let toks = tokenize(&last);
+    toks.iter().filter(|t| is_word(t)).count() <= 8 && any_phrase(&toks, FOLLOW_UPS)
 }
 
 /// The topic a user reply answers, if the reply says something.
@@ -2555,6 +3501,7 @@ mod lists {
         "joining in", "joining on", "joined as", "joining as", "joined the team", "first day at",
         "my first day", "first day was", "last day at", "last day is", "resigned", "resigning",
         "resign", "i quit", "quitting", "quit my", "switched to", "switching to", "new role",
+        "first day done",
         "got promoted", "laid off", "got fired", "new company", "got the day",
     ];
 
@@ -2597,6 +3544,7 @@ mod lists {
     /// Words of a job not (yet) held: such memories are not what a job change replaces.
     pub(super) const PROSPECTIVE_WORDS: &[&str] = &[
         "interview", "recruiter", "offer", "applying", "applied", "application", "hiring", "if",
+        "will", "hoga", "hogi", "joining", "starting", "gonna",
     ];
 
     pub(super) const PLACE_FOLLOWERS: &[&str] = &[
@@ -2763,6 +3711,15 @@ mod lists {
         "is", "was", "will", "we", "i",
     ];
 
+    /// Questions asking for more on what the user just said.
+    pub(super) const FOLLOW_UPS: &[&str] = &[
+        "how was it", "how did it go", "how did that go", "how did it feel", "how was the",
+        "how is she", "how is he", "how are they", "how is it going", "what happened",
+        "tell me more", "tell me everything", "since when", "how are you holding up",
+        "what did he say", "what did she say", "what did they say", "how did he take it",
+        "how did she take it", "and ?", "then what",
+    ];
+
     pub(super) const Q_IDENTITY: &[&str] = &[
         "your name", "call you", "who is this", "who am i talking", "who do i have",
         "and you are ?", "about yourself", "how old", "your age", "where are you from", "you from",
@@ -2810,6 +3767,108 @@ mod lists {
         "what happened", "anything happened", "what is wrong", "keeping you", "woke you",
         "on your mind", "what is going on", "scaring you", "what made you", "complicated how",
         "tell me more", "what is up with",
+    ];
+
+    /// A goal reached: it closes any plan due around then.
+    pub(super) const ACHIEVED_WORDS: &[&str] = &[
+        "finished", "completed", "submitted", "summited", "cleared", "won", "nailed", "aced",
+        "graduated",
+    ];
+
+    pub(super) const ACHIEVED_PHRASES: &[&str] = &[
+        "did it", "i passed", "passed the", "made it", "all done", "it is done", "finally done",
+        "got through", "pulled it off", "crossed the finish",
+    ];
+
+    /// Something that took place: it closes only a plan told as an intention or already moved
+    /// (a birthday that happened is still a birthday; "I want to run 5K" is done).
+    pub(super) const TOOK_PLACE_PHRASES: &[&str] = &[
+        "went well", "went great", "went fine", "went smoothly", "back from",
+    ];
+
+    /// A plan told as an intention, a goal or a booking, or already moved.
+    pub(super) const INTENT_WORDS: &[&str] = &[
+        "goal", "want", "wants", "aim", "aiming", "target", "registered", "signed", "booked",
+        "plan", "planning", "planned", "decided", "decision", "deadline", "trying", "postponed",
+        "rescheduled", "moved", "preponed",
+    ];
+
+    /// A plan called off.
+    pub(super) const PLAN_CANCEL: &[&str] = &[
+        "is off", "cancelled", "canceled", "called off", "not going", "i am out", "calling off",
+    ];
+
+    /// Someone left hospital.
+    pub(super) const RECOVERY_PHRASES: &[&str] = &[
+        "discharged", "recovered", "off oxygen", "out of hospital", "out of the hospital",
+        "home from hospital", "home from the hospital", "back from hospital",
+        "back from the hospital", "out of icu", "out of the icu",
+    ];
+
+    /// Someone in hospital.
+    pub(super) const HOSPITAL_STAY_WORDS: &[&str] = &[
+        "admitted", "hospitalised", "hospitalized", "icu", "oxygen", "ventilator",
+    ];
+
+    pub(super) const HOSPITAL_STAY_PHRASES: &[&str] = &[
+        "in the hospital", "in hospital", "in the icu",
+    ];
+
+    /// A move to day shifts, or to nights.
+    pub(super) const DAY_SWITCH: &[&str] = &[
+        "day shifts", "day-shifts", "day shift post", "day-shift post", "day shift job",
+        "day-shift job", "no more nights", "no more night shifts", "on days now",
+        "switched to days", "moved to days", "moving to days",
+    ];
+
+    pub(super) const NIGHT_SWITCH: &[&str] = &[
+        "night shifts now", "on nights now", "switched to nights", "moved to nights",
+        "moving to nights", "no more day shifts", "night shift post", "night-shift post",
+    ];
+
+    /// Work memories about a night or a day pattern.
+    pub(super) const NIGHT_HABIT: &[&str] = &[
+        "nights", "night shifts", "night-shifts", "every night shift", "on nights",
+        "night duty",
+    ];
+
+    pub(super) const DAY_HABIT: &[&str] = &["day shifts", "day-shifts", "day job", "on days"];
+
+    /// What a routine is about.
+    pub(super) const ROUTINE_ACTIVITIES: &[&str] = &[
+        "gym", "yoga", "walk", "walks", "walking", "run", "runs", "running", "jog", "jogging",
+        "workout", "workouts", "training", "swim", "swimming", "badminton", "cricket",
+        "football", "tennis", "meditation", "class", "classes", "practice", "lifting", "pilates",
+        "zumba", "cycling",
+    ];
+
+    /// Words of a one-off, not a routine.
+    pub(super) const ONE_OFF_WORDS: &[&str] = &["today", "tonight", "tomorrow", "yesterday"];
+
+    /// Words saying a routine changed.
+    pub(super) const ROUTINE_CHANGE_CUES: &[&str] = &[
+        "now", "instead", "anymore", "switch*", "shifted", "shifting", "moved", "moving",
+        "changed", "ab",
+    ];
+
+    /// Verbs of getting something: "joined a gym", "got a job".
+    pub(super) const ACQUIRE_VERBS: &[&str] = &[
+        "joined", "got", "bought", "found", "adopted", "rented", "signed",
+    ];
+
+    pub(super) const WEIGHT_WORDS: &[&str] = &[
+        "weight", "weigh", "weighed", "weighing", "weighs", "weigh-in",
+    ];
+
+    pub(super) const THIRD_PERSON: &[&str] = &["she", "he", "her", "his", "they", "their", "him"];
+
+    /// A memory with these says more than a figure (a goal), so a new figure does not replace it.
+    pub(super) const GOAL_WORDS: &[&str] = &["goal", "goals", "target", "aim", "aiming"];
+
+    /// Before a number: it is not the current value ("want 150", "lost 4", "from 88").
+    pub(super) const ASIDE_WORDS: &[&str] = &[
+        "want", "wants", "hope", "hoping", "lost", "lose", "gained", "gain", "down", "up",
+        "dropped", "drop", "put", "more", "less", "from", "by", "than",
     ];
 
     pub(super) const STOPWORDS: &[&str] = &[
@@ -2890,7 +3949,7 @@ mod tests {
             "card 4111-1111-1111-1111 and PIN 4321"
         )));
     }
-    use crate::domain::{MessageId, Pair};
+    use crate::domain::{Memory, MessageId, Pair};
 
     const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data");
 
@@ -3369,6 +4428,367 @@ mod tests {
         }
     }
 
+    /// A stored memory said on `created` (RFC 3339).
+    fn stored_on(
+        id: u128,
+        category: Category,
+        text: &str,
+        event_time: Option<&str>,
+        created: &str,
+    ) -> Memory {
+        Memory {
+            created_at: at(created),
+            ..stored(id, category, text, event_time)
+        }
+    }
+
+    /// The ids the first memory of `text` (said on `when`) replaces among `existing`.
+    fn replaced(text: &str, when: &str, existing: &[Memory]) -> Vec<u128> {
+        let out = run(&[msg(1, Role::User, text, when)], existing);
+        out.first()
+            .map(|m| m.supersedes.iter().map(|u| u.as_u128()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_plan_done_replaces_the_plan() {
+        let race = stored_on(
+            1,
+            Category::Plan,
+            "User said: signed up for the Pune half marathon, 12 oct",
+            Some("2025-10-12T00:00:00Z"),
+            "2025-08-20T09:00:00Z",
+        );
+        let flight = stored_on(
+            2,
+            Category::Plan,
+            "User said: flying to Lisbon on 30 november",
+            Some("2025-11-30T00:00:00Z"),
+            "2025-08-21T09:00:00Z",
+        );
+        let dinner = stored_on(
+            3,
+            Category::Plan,
+            "User said: dinner with Priya tonight",
+            Some("2025-10-12T00:00:00Z"),
+            "2025-10-12T08:00:00Z",
+        );
+        let cancelled = stored_on(
+            4,
+            Category::Plan,
+            "User said: the reunion is off, they moved it to 14 oct and I cannot go",
+            Some("2025-10-14T00:00:00Z"),
+            "2025-10-10T08:00:00Z",
+        );
+        let existing = [race, flight, dinner, cancelled];
+        let race_day = "2025-10-12T18:00:00Z";
+        // A word in common picks the plan; the day it names counts ("on the 12th").
+        assert_eq!(
+            replaced("finished the half marathon!! 2:05 🏅", race_day, &existing),
+            vec![1]
+        );
+        assert_eq!(
+            replaced(
+                "back home. finished the marathon on the 12th, legs still dead",
+                "2025-10-14T10:00:00Z",
+                &existing
+            ),
+            vec![1]
+        );
+        // Nothing in common: the plans due that day (oldest first, its text in the note).
+        let out = run(
+            &[msg(1, Role::User, "DONE!!! 2:05 🏅", race_day)],
+            &existing,
+        );
+        assert_eq!(
+            out[0].supersedes,
+            vec![Uuid::from_u128(1), Uuid::from_u128(3)]
+        );
+        assert!(
+            out[0]
+                .text
+                .ends_with("(earlier: signed up for the Pune half marathon, 12 oct)"),
+            "{out:?}"
+        );
+        // Not done: a wish, a negation, the future, "done with", far from any plan, a
+        // cancelled plan.
+        // Something that took place closes a plan told as an intention or already moved, not
+        // a date that stays true.
+        let surgery = stored_on(
+            5,
+            Category::Health,
+            "User said: papa's surgery is postponed to 20 oct",
+            Some("2025-10-20T00:00:00Z"),
+            "2025-10-01T08:00:00Z",
+        );
+        let party = stored_on(
+            6,
+            Category::Plan,
+            "User said: Meera's birthday party is on 20 oct at her place",
+            Some("2025-10-20T00:00:00Z"),
+            "2025-10-01T08:00:00Z",
+        );
+        let later = [surgery, party];
+        let evening = "2025-10-20T20:00:00Z";
+        assert_eq!(
+            replaced("the surgery happened today, it went well", evening, &later),
+            vec![5]
+        );
+        assert!(replaced("the party happened, so much cake", evening, &later).is_empty());
+        for (text, when) in [
+            ("hope i finish the marathon", race_day),
+            ("did not finish the marathon, cramps at 15k", race_day),
+            ("done with work, going to sleep", race_day),
+            ("finished my book finally", "2025-09-01T10:00:00Z"),
+            ("the reunion happened without me", "2025-10-14T20:00:00Z"),
+            // A mere mention in the past tense is no completion.
+            ("the marathon was so crowded", "2025-10-14T20:00:00Z"),
+        ] {
+            assert!(replaced(text, when, &existing).is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_discharge_replaces_the_hospital_stay() {
+        let stay = stored_on(
+            1,
+            Category::Health,
+            "User said: my nani was admitted last night, dengue",
+            None,
+            "2025-06-01T22:00:00Z",
+        );
+        let oxygen = stored_on(
+            2,
+            Category::Health,
+            "User said: they put her on oxygen but she is stable",
+            None,
+            "2025-06-02T09:00:00Z",
+        );
+        let job = stored_on(
+            3,
+            Category::Work,
+            "User said: I work in the ICU at Ruby Hall",
+            None,
+            "2025-05-01T09:00:00Z",
+        );
+        let old_stay = stored_on(
+            4,
+            Category::Health,
+            "User said: papa was hospitalised for his knee",
+            None,
+            "2025-01-10T09:00:00Z",
+        );
+        let existing = [stay, oxygen, job, old_stay];
+        let mut ids = replaced(
+            "nani is out of the hospital!! home and bossing everyone",
+            "2025-06-08T12:00:00Z",
+            &existing,
+        );
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2], "the stay of the last 30 days, not the job");
+        assert!(
+            replaced(
+                "she is not discharged yet",
+                "2025-06-08T12:00:00Z",
+                &existing
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_shift_switch_replaces_the_old_pattern() {
+        let nights = stored(
+            1,
+            Category::Work,
+            "User said: i do nights at the warehouse, 4 night shifts a week",
+            None,
+        );
+        let one_night = stored(
+            2,
+            Category::Work,
+            "User said: just finished a night shift",
+            None,
+        );
+        let existing = [nights, one_night];
+        assert_eq!(
+            replaced(
+                "week one of day shifts, 9 to 5, i see the sun",
+                "2024-11-03T12:00:00Z",
+                &existing
+            ),
+            vec![1]
+        );
+        assert!(
+            replaced(
+                "i would hate day shifts honestly",
+                "2024-11-03T12:00:00Z",
+                &existing
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_routine_moved_to_another_time_replaces_the_old_one() {
+        let swim = stored(
+            1,
+            Category::Preference,
+            "User said: swimming at 6am every day before work",
+            None,
+        );
+        let existing = [swim];
+        let now = "2024-11-03T12:00:00Z";
+        assert_eq!(
+            replaced(
+                "swimming is at 7pm now, mornings are too cold",
+                now,
+                &existing
+            ),
+            vec![1]
+        );
+        for text in [
+            "swimming at 6pm today, pool was empty",
+            "yoga at 7pm on tuesdays",
+        ] {
+            assert!(replaced(text, now, &existing).is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn getting_what_was_missing_replaces_the_lack() {
+        let no_car = stored(
+            1,
+            Category::Preference,
+            "User said: no car yet, i take the metro everywhere",
+            None,
+        );
+        let existing = [no_car];
+        let now = "2024-11-03T12:00:00Z";
+        assert_eq!(
+            replaced("bought a car!! a red swift", now, &existing),
+            vec![1]
+        );
+        assert!(replaced("my friend bought a bike", now, &existing).is_empty());
+    }
+
+    #[test]
+    fn a_new_figure_replaces_the_old_one() {
+        let weight = stored(
+            1,
+            Category::Health,
+            "User said: weighed myself, 72 kg",
+            None,
+        );
+        let goal = stored(2, Category::Health, "User said: my goal is 65 kg", None);
+        let lifts = stored(
+            3,
+            Category::Preference,
+            "User, asked \"Your numbers?\", said: bench 60, squat 90",
+            None,
+        );
+        let asked = stored(
+            4,
+            Category::Health,
+            "User, asked \"How much do you weigh?\", said: 74",
+            None,
+        );
+        let existing = [weight.clone(), goal, lifts];
+        let now = "2024-11-03T12:00:00Z";
+        assert_eq!(replaced("71.2 kg this morning", now, &existing), vec![1]);
+        assert_eq!(replaced("bench 65 today!!", now, &existing), vec![3]);
+        for text in [
+            "lost 2 kg this month",
+            "my brother weighs 80 kg",
+            "target is 68 kg by march",
+            "squat 90 again",
+        ] {
+            assert!(replaced(text, now, &existing).is_empty(), "{text:?}");
+        }
+        // A bare number answering a weight question is a weight.
+        let out = run(
+            &[
+                msg(1, Role::Assistant, "Weigh-in day. Weight?", now),
+                msg(2, Role::User, "70.5 😎", now),
+            ],
+            &[asked],
+        );
+        assert_eq!(out[0].supersedes, vec![Uuid::from_u128(4)], "{out:?}");
+        assert_eq!(
+            figures("weight check. 88 kg. target 78 by june", None),
+            vec![Figure {
+                quantity: Quantity::Weight,
+                value: 88.0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_change_within_the_batch_replaces_the_earlier_memory() {
+        let now = "2024-11-03T12:00:00Z";
+        let out = run(
+            &[
+                msg(1, Role::User, "booked tickets to Goa for 28 dec!", now),
+                msg(2, Role::Assistant, "Yay! Beaches!", now),
+                msg(3, Role::User, "ugh the goa trip is off, work release", now),
+            ],
+            &[],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].supersedes_in_batch.is_empty());
+        assert_eq!(out[1].supersedes_in_batch, vec![0], "{out:?}");
+        assert!(out[1].supersedes.is_empty());
+        assert!(
+            out[1].text.contains("(earlier: booked tickets to Goa"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_follow_up_reply_completes_the_disclosure() {
+        let now = "2024-11-03T12:00:00Z";
+        let job = stored(
+            1,
+            Category::Work,
+            "User said: I'm a QA engineer at Finlytics",
+            None,
+        );
+        let out = run(
+            &[
+                msg(1, Role::User, "first day done at Brightpath", now),
+                msg(2, Role::Assistant, "Ooh! How was it?", now),
+                msg(
+                    3,
+                    Role::User,
+                    "team is tiny, six people, my lead is Meera",
+                    now,
+                ),
+                msg(4, Role::Assistant, "Nice.", now),
+                msg(5, Role::User, "ok going to sleep now lol", now),
+            ],
+            &[job],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].source_message_ids, vec!["m0001", "m0003"]);
+        assert!(
+            out[0]
+                .text
+                .starts_with("User said: first day done at Brightpath. team is tiny"),
+            "{out:?}"
+        );
+        assert_eq!(out[0].supersedes, vec![Uuid::from_u128(1)], "{out:?}");
+        // Not a follow-up question: two memories.
+        let out = run(
+            &[
+                msg(1, Role::User, "i love my new flat", now),
+                msg(2, Role::Assistant, "What do you do for work?", now),
+                msg(3, Role::User, "I'm a QA engineer at Finlytics", now),
+            ],
+            &[],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+    }
+
     #[test]
     fn duplicates_are_dropped() {
         let existing = [stored(
@@ -3643,10 +5063,26 @@ mod tests {
             assert_eq!(out.extractor, "offline");
             let batch_id = format!("{pair}-{b}");
             let created_at = batch[batch.len() - 1].created_at;
+            let first_new = stored.len();
+            let ids: Vec<Uuid> = (0..out.memories.len())
+                .map(|i| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{batch_id}:{i}").as_bytes()))
+                .collect();
             for (i, m) in out.memories.into_iter().enumerate() {
-                let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{batch_id}:{i}").as_bytes());
-                if !m.supersedes.is_empty() {
+                let id = ids[i];
+                if !m.supersedes.is_empty() || !m.supersedes_in_batch.is_empty() {
                     replacing.extend(m.source_message_ids.iter().cloned());
+                }
+                for &j in &m.supersedes_in_batch {
+                    let old = &mut stored[first_new + j];
+                    old.superseded_by = Some(id);
+                    if std::env::var_os("OFFLINE_EXTRACTOR_DEBUG").is_some() {
+                        eprintln!(
+                            "SUPERSEDE [{}] {}\n       by {}",
+                            old.category.as_str(),
+                            old.text,
+                            m.text
+                        );
+                    }
                 }
                 for old in &mut stored {
                     if m.supersedes.contains(&old.id) {

@@ -18,6 +18,7 @@ use crate::testkit::doubles::{HashEmbedder, InMemoryMemoryStore};
 
 struct Rig {
     app: Router,
+    messages: SqliteMessageStore,
     memories: InMemoryMemoryStore,
     embedder: HashEmbedder,
     rx: BusReceivers,
@@ -37,10 +38,11 @@ fn rig_limited(
     rate_limit: Option<RateLimit>,
 ) -> Rig {
     let memories = InMemoryMemoryStore::default();
+    let messages = SqliteMessageStore::in_memory().unwrap();
     let embedder = HashEmbedder::new(32);
     let (bus, rx) = in_process_bus(1000);
     let state = AppState {
-        messages: Arc::new(SqliteMessageStore::in_memory().unwrap()),
+        messages: Arc::new(messages.clone()),
         memories: Arc::new(memories.clone()),
         embedder: Arc::new(embedder.clone()),
         bus: Arc::new(bus),
@@ -54,6 +56,7 @@ fn rig_limited(
     };
     Rig {
         app: router(state),
+        messages,
         memories,
         embedder,
         rx,
@@ -114,6 +117,8 @@ async fn every_guarded_route_requires_the_key() {
         ("GET", "/memory/search/u1/meher?query=dog", None),
         ("GET", "/memory/stats/u1/meher", None),
         ("GET", "/memory/context/u1/meher", None),
+        ("DELETE", "/memory/u1/meher", None),
+        ("DELETE", "/memory/u1", None),
         (
             "POST",
             "/memory/enhance-prompt/u1/meher",
@@ -380,6 +385,72 @@ async fn check_batch_triggers_when_due() {
 }
 
 #[tokio::test]
+async fn superseded_memories_leave_search_and_context_but_stay_for_history() {
+    let r = rig(None);
+    r.memories.ensure_collection(32).await.unwrap();
+    let pair = Pair::parse("alice", "meher").unwrap();
+    let memory = |text: &str| Memory {
+        id: uuid::Uuid::new_v4(),
+        pair: pair.clone(),
+        text: text.into(),
+        category: Category::Location,
+        importance: 3,
+        created_at: chrono::Utc::now(),
+        event_time: None,
+        source_message_ids: vec!["m1".into()],
+        batch_id: "b1".into(),
+        superseded_by: None,
+    };
+    let new = memory("Alice lives in Bengaluru now, HSR Layout");
+    let mut old = memory("Alice lives in Baner, Pune");
+    old.superseded_by = Some(new.id);
+    let points: Vec<MemoryPoint> = [old, new]
+        .into_iter()
+        .map(|m| MemoryPoint {
+            vector: r.embedder.vector(&m.text),
+            memory: m,
+        })
+        .collect();
+    r.memories.upsert(&points).await.unwrap();
+    let texts = |v: &Value| -> Vec<String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, v) = call(
+        &r.app,
+        "GET",
+        "/memory/search/alice/meher?query=where%20does%20alice%20live",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(texts(&v), ["Alice lives in Bengaluru now, HSR Layout"]);
+    let (_, v) = call(
+        &r.app,
+        "GET",
+        "/memory/search/alice/meher?query=where%20does%20alice%20live&include_superseded=true",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(texts(&v).len(), 2, "kept for history: {v}");
+    let (_, v) = call(
+        &r.app,
+        "GET",
+        "/memory/context/alice/meher?message=where%20do%20i%20live",
+        None,
+        None,
+    )
+    .await;
+    let ctx = v["context"].as_str().unwrap();
+    assert!(ctx.contains("Bengaluru") && !ctx.contains("Pune"), "{ctx}");
+}
+
+#[tokio::test]
 async fn search_and_context_never_cross_tenants() {
     let r = rig(None);
     r.memories.ensure_collection(32).await.unwrap();
@@ -597,9 +668,36 @@ async fn erasure_deletes_one_pair_or_every_character_of_a_user() {
         }
     }
     r.memories.upsert(&points).await.unwrap();
+    // A held batch with its saved extraction (the extraction cache) for alice/meher.
+    let pair = Pair::parse("alice", "meher").unwrap();
+    let msgs: Vec<_> = (0..25)
+        .map(|i| crate::testkit::message_store::message(&pair, i))
+        .collect();
+    for m in &msgs {
+        r.messages.append(m).await.unwrap();
+    }
+    let plan = crate::ports::BatchPlan {
+        batch_id: crate::batching::batch_id(&msgs),
+        messages: msgs.clone(),
+    };
+    r.messages
+        .claim_batch(&pair, &plan, "w", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let cached = crate::domain::Extraction {
+        memories: Vec::new(),
+        usage: crate::domain::TokenUsage::default(),
+        extractor: "offline".into(),
+    };
+    r.messages
+        .save_extraction(&pair, &plan.batch_id, "w", &cached)
+        .await
+        .unwrap();
     let (s, v) = call(&r.app, "DELETE", "/memory/alice/meher", None, Some("k")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["memories_deleted"], 3);
+    assert_eq!(v["batches_deleted"], 1, "batch record and extraction cache");
+    assert_eq!(r.messages.open_batch(&pair).await.unwrap(), None);
     let (_, v) = call(&r.app, "GET", "/memory/stats/alice/luna", None, Some("k")).await;
     assert_eq!(v["memories"]["total"], 3, "the other character is kept");
     let (s, v) = call(&r.app, "DELETE", "/memory/alice", None, Some("k")).await;

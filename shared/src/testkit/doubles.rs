@@ -142,6 +142,7 @@ impl Extractor for EchoExtractor {
                 event_time: None,
                 source_message_ids: vec![m.id.to_string()],
                 supersedes: Vec::new(),
+                supersedes_in_batch: Vec::new(),
             })
             .collect();
         Ok(Extraction {

@@ -65,6 +65,7 @@ fn extraction() -> Extraction {
             event_time: None,
             source_message_ids: vec!["m00000".into()],
             supersedes: vec![],
+            supersedes_in_batch: vec![],
         }],
         usage: TokenUsage {
             prompt_tokens: 120,
