@@ -20,4 +20,6 @@ export RECALL_REQUIRE_FIRESTORE=1
 scripts/fetch-model.sh "$RECALL_MODEL_DIR"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fault suite (tests/faults.rs) runs the real binaries: build them first, as the tests do.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
