@@ -5,13 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RECALL_SERVICES_DIR="${RECALL_SERVICES_DIR:-$(mktemp -d)}"
-stop_started() {
-  if [ -f "$RECALL_SERVICES_DIR/firestore-emulator.pid" ]; then
-    kill "$(cat "$RECALL_SERVICES_DIR/firestore-emulator.pid")" 2>/dev/null || true
-    rm -f "$RECALL_SERVICES_DIR/firestore-emulator.pid"
-  fi
-}
-trap stop_started EXIT
+trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh)"
 # The bench finds the binaries beside itself (target/release); features as the tests build them.
 cargo build --release --workspace --bins --locked

@@ -2,10 +2,19 @@
 # Starts the local services the tests use, if they are not running:
 #   RabbitMQ on 127.0.0.1:5672, and Google's Firestore emulator on 127.0.0.1:${FIRESTORE_EMULATOR_PORT:-8086}.
 # Prints `export FIRESTORE_EMULATOR_HOST=...` for the caller to eval. An emulator this script
-# started has its PID in $RECALL_SERVICES_DIR/firestore-emulator.pid (scripts/test.sh stops it).
+# started has its PID in $RECALL_SERVICES_DIR/firestore-emulator.pid; `scripts/services.sh stop`
+# stops it again (and nothing it did not start).
 set -euo pipefail
 state="${RECALL_SERVICES_DIR:-${TMPDIR:-/tmp}/recall-services}"
 mkdir -p "$state"
+
+if [ "${1:-}" = stop ]; then
+  if [ -f "$state/firestore-emulator.pid" ]; then
+    kill "$(cat "$state/firestore-emulator.pid")" 2>/dev/null || true
+    rm -f "$state/firestore-emulator.pid"
+  fi
+  exit 0
+fi
 
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
   echo "services: starting RabbitMQ" >&2

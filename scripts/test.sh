@@ -7,13 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RECALL_MODEL_DIR="${RECALL_MODEL_DIR:-$PWD/models/all-MiniLM-L6-v2}"
 export RECALL_SERVICES_DIR="${RECALL_SERVICES_DIR:-$(mktemp -d)}"
-stop_started() {
-  if [ -f "$RECALL_SERVICES_DIR/firestore-emulator.pid" ]; then
-    kill "$(cat "$RECALL_SERVICES_DIR/firestore-emulator.pid")" 2>/dev/null || true
-    rm -f "$RECALL_SERVICES_DIR/firestore-emulator.pid"
-  fi
-}
-trap stop_started EXIT
+trap 'scripts/services.sh stop' EXIT
 eval "$(scripts/services.sh)"
 # The Firestore tests fail instead of skipping when the emulator is expected.
 export RECALL_REQUIRE_FIRESTORE=1
