@@ -21,6 +21,7 @@ use recall_shared::ports::{MemoryStore, MessageStore};
 use recall_shared::runtime::WorkerConfig;
 use recall_shared::testkit::broker::{close_connections, delete_queues, queue_len, rabbitmqctl};
 use recall_shared::testkit::doubles::{EchoExtractor, HashEmbedder};
+use recall_tests::wait_for;
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -307,6 +308,30 @@ async fn totals(s: &Shared, pairs: &[Pair]) -> (u64, u64, u64) {
     (synced, unsynced, batches)
 }
 
+/// Across the replicas, `synced` flips in all (each message flipped exactly once) and exactly the
+/// memories the store holds for `pairs` written (none twice).
+async fn assert_flipped_and_written_once(
+    s: &Shared,
+    pairs: &[Pair],
+    replicas: &[&Running],
+    synced: u64,
+) {
+    let flips: u64 = replicas
+        .iter()
+        .map(|r| r.metrics.messages_synced_total.get())
+        .sum();
+    assert_eq!(flips, synced, "every message synced exactly once");
+    let stored: u64 = replicas
+        .iter()
+        .map(|r| r.metrics.memories_stored_total.get())
+        .sum();
+    let mut in_store = 0;
+    for p in pairs {
+        in_store += s.memories.count(p, true).await.unwrap();
+    }
+    assert_eq!(stored, in_store, "no memory written twice");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_events_three_replicas() {
     let _serial = SERIAL.lock().await;
@@ -350,11 +375,6 @@ async fn ten_thousand_events_three_replicas() {
 
     let (synced, unsynced, batches) = totals(&s, &ps).await;
     assert_eq!(synced + unsynced, 10_000);
-    let flips: u64 = replicas
-        .iter()
-        .map(|r| r.metrics.messages_synced_total.get())
-        .sum();
-    assert_eq!(flips, synced, "every message synced exactly once");
     let calls: Vec<usize> = replicas
         .iter()
         .map(|r| r.extractor.calls.load(Ordering::SeqCst))
@@ -372,27 +392,11 @@ async fn ten_thousand_events_three_replicas() {
             "replica {i} did {c} of {total_calls} batches: {calls:?}"
         );
     }
-    let stored: u64 = replicas
-        .iter()
-        .map(|r| r.metrics.memories_stored_total.get())
-        .sum();
-    let mut in_store = 0;
-    for p in &ps {
-        in_store += s.memories.count(p, true).await.unwrap();
-    }
-    assert_eq!(stored, in_store, "no memory written twice");
+    assert_flipped_and_written_once(&s, &ps, &refs, synced).await;
     eprintln!("200 pairs x 50: {batches} batches, per replica {calls:?}");
     publisher.stop().await;
     for r in replicas {
         r.stop().await;
-    }
-}
-
-async fn wait_for(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -826,20 +830,7 @@ async fn three_replicas_one_killed_one_added_during_load() {
     assert_eq!(synced + unsynced, total as u64, "no message lost");
     assert!(synced >= total as u64 - 24 * ps.len() as u64);
     let all: Vec<&Running> = replicas.iter().chain([&added]).collect();
-    let flips: u64 = all
-        .iter()
-        .map(|r| r.metrics.messages_synced_total.get())
-        .sum();
-    assert_eq!(flips, synced, "every message synced exactly once");
-    let stored: u64 = all
-        .iter()
-        .map(|r| r.metrics.memories_stored_total.get())
-        .sum();
-    let mut in_store = 0;
-    for p in &ps {
-        in_store += s.memories.count(p, true).await.unwrap();
-    }
-    assert_eq!(stored, in_store, "no memory written twice");
+    assert_flipped_and_written_once(&s, &ps, &all, synced).await;
     let added_calls = added.extractor.calls.load(Ordering::SeqCst);
     assert!(added_calls > 0, "the added replica took batches");
     let per: Vec<usize> = all

@@ -18,10 +18,10 @@
 
 use std::time::{Duration, Instant};
 
-use recall_shared::ports::MessageStore;
 use recall_shared::testkit::broker::rabbitmqctl;
 use recall_shared::testkit::fake_openai::{Route, Scripted};
 use recall_tests::cluster::{BATCH, KEY, Stack, emulator};
+use recall_tests::wait_for;
 use tokio::sync::Mutex;
 
 /// One case at a time: they share the broker and one restarts it.
@@ -152,11 +152,10 @@ async fn firestore_unreachable_for_20_seconds_during_load() {
     let load = s.load(&publisher.base, &pairs, per_pair);
     let outage = async {
         // Once the first batch has started, the worker loses Firestore for 20 s.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.chat_calls() == 0 {
-            assert!(Instant::now() < deadline, "no batch started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for("a batch to start", Duration::from_secs(60), async || {
+            s.chat_calls() > 0
+        })
+        .await;
         s.firestore.cut();
         tokio::time::sleep(Duration::from_secs(20)).await;
         s.firestore.restore();
@@ -279,11 +278,7 @@ async fn llm_faults_back_off_and_the_api_keeps_answering() {
                 .expect("the API answers during LLM faults");
             assert_eq!(r.status(), 200, "search answers during LLM faults");
             answered += 1;
-            let mut left = 0;
-            for p in &pairs {
-                left += s.store.count_unsynced(p).await.unwrap();
-            }
-            if left == 0 && answered > 5 {
+            if s.unsynced(&pairs).await == 0 && answered > 5 {
                 return answered;
             }
             assert!(Instant::now() < deadline, "batches did not complete");
@@ -335,11 +330,10 @@ async fn sigterm_under_load_drains_within_grace() {
     let worker = s.worker("w-term", "").await;
     let pairs = s.pairs(4);
     s.load(&publisher.base, &pairs, BATCH).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.chat_calls() == 0 {
-        assert!(Instant::now() < deadline, "no batch started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("a batch to start", Duration::from_secs(60), async || {
+        s.chat_calls() > 0
+    })
+    .await;
     let (status, took) = worker.terminate(Duration::from_secs(12)).await;
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
     assert!(

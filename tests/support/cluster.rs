@@ -381,10 +381,7 @@ impl Stack {
     pub async fn wait_synced(&self, pairs: &[Pair], limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let mut left = 0;
-            for p in pairs {
-                left += self.store.count_unsynced(p).await.unwrap();
-            }
+            let left = self.unsynced(pairs).await;
             if left == 0 {
                 return;
             }
@@ -394,6 +391,15 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Unsynced messages of `pairs`, read from Firestore.
+    pub async fn unsynced(&self, pairs: &[Pair]) -> u64 {
+        let mut left = 0;
+        for p in pairs {
+            left += self.store.count_unsynced(p).await.unwrap();
+        }
+        left
     }
 
     /// LLM (chat) calls so far.

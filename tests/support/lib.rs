@@ -57,3 +57,15 @@ pub fn facts(user_id: &str, character_name: &str) -> Vec<Fact> {
         .filter(|f| f.user_id == user_id && f.character_name == character_name)
         .collect()
 }
+
+/// Polls `ok` every 100 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_for(what: &str, limit: std::time::Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
